@@ -1,0 +1,225 @@
+//! The config file's serde model: exactly the YAML an operator writes (DESIGN §4),
+//! with unknown keys rejected. The YAML library lives only here, so replacing it is a
+//! one-line change. `validate.rs` turns this model into the runtime `Config`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// Parses YAML text into the file model. Errors name the key path.
+pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+    let yaml = serde_yaml::Deserializer::from_str(text);
+    let mut track = serde_path_to_error::Track::new();
+    let tracked = serde_path_to_error::Deserializer::new(yaml, &mut track);
+    // Enums are written as one-key maps (`{ passthrough: vault }`) or bare words (`reject`).
+    let parsed: Result<FileConfig, serde_yaml::Error> =
+        serde_yaml::with::singleton_map_recursive::deserialize(tracked);
+    parsed.map_err(|err| {
+        let path = track.path().to_string();
+        let path = if path == "." || path.is_empty() {
+            "(top)".to_string()
+        } else {
+            path
+        };
+        // serde_yaml prefixes its own idea of the path; keep one.
+        let text = err.to_string();
+        let message = match text.split_once(": ") {
+            Some((prefix, rest)) if !prefix.contains(' ') => rest.to_string(),
+            _ => text,
+        };
+        ConfigError::new(path, message)
+    })
+}
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Runtime sizing.
+    #[serde(default)]
+    pub runtime: RuntimeFile,
+    /// `off`, `stderr` or a file path.
+    pub access_log: Option<String>,
+    /// The admin listener.
+    pub admin: Option<AdminFile>,
+    /// Certificates for terminate routes.
+    #[serde(default)]
+    pub certificates: Vec<CertificateFile>,
+    /// Listeners.
+    #[serde(default)]
+    pub listeners: Vec<ListenerFile>,
+    /// L7 routing tables by name.
+    #[serde(default)]
+    pub routes: BTreeMap<String, Vec<RouteRuleFile>>,
+    /// Backend pools by name.
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolFile>,
+    /// Timeouts (durations as `500ms`, `5s`, `2m`).
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    /// Global limits.
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+/// `runtime:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeFile {
+    /// Tokio worker threads; default one per core.
+    pub worker_threads: Option<usize>,
+    /// How long open connections may finish after SIGTERM.
+    pub shutdown_grace: Option<String>,
+}
+
+/// `admin:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// Address of the admin listener.
+    pub listen: String,
+}
+
+/// One entry of `certificates:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFile {
+    /// PEM chain, leaf first.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+    /// Names this certificate serves; default: its SANs.
+    pub names: Option<Vec<String>>,
+}
+
+/// `protocol:` of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProtocolFile {
+    /// Peek the ClientHello and route by SNI.
+    Tls,
+    /// Plain HTTP into the L7 module.
+    Http,
+    /// Plain TCP to a pool.
+    Tcp,
+}
+
+/// What to do with a connection: one SNI rule or a listener's default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SniRuleFile {
+    /// Splice raw TCP to this pool.
+    Passthrough(String),
+    /// Terminate TLS, then route with this routing table.
+    Terminate(String),
+    /// Close the connection.
+    Reject,
+}
+
+/// One entry of `listeners:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// Address to bind.
+    pub listen: String,
+    /// tls | http | tcp.
+    pub protocol: ProtocolFile,
+    /// SNI name (exact or `*.suffix`) → rule (tls listeners).
+    pub sni: Option<BTreeMap<String, SniRuleFile>>,
+    /// Rule for no SNI or an unknown one (tls listeners).
+    pub default: Option<SniRuleFile>,
+    /// Pool (tcp listeners).
+    pub pool: Option<String>,
+    /// Routing table (http listeners).
+    pub routes: Option<String>,
+    /// Answer 308 to https on this port (http listeners).
+    pub redirect_https: Option<u16>,
+    /// Per-listener connection limit (overrides `limits.max_connections`).
+    pub max_connections: Option<usize>,
+}
+
+/// One rule of a routing table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRuleFile {
+    /// Host (exact or `*.suffix`); absent: any host.
+    pub host: Option<String>,
+    /// Path prefix; absent: `/`.
+    pub path_prefix: Option<String>,
+    /// Pool to forward to.
+    pub pool: String,
+}
+
+/// One entry of `pools:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFile {
+    /// Balancing algorithm.
+    pub balance: Option<String>,
+    /// `per_request` | `pooled`.
+    pub backend_connections: Option<String>,
+    /// How long a pooled idle backend connection is kept (default 5s).
+    pub idle_timeout: Option<String>,
+    /// The backends.
+    #[serde(default)]
+    pub servers: Vec<ServerFile>,
+    /// Active health check.
+    pub health: Option<HealthFile>,
+}
+
+/// One backend server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// `ip:port` or `host:port`.
+    pub addr: String,
+    /// Relative weight, default 1; 0 drains.
+    pub weight: Option<u32>,
+    /// SNI to send to this backend (TLS health checks); default: the host part of addr.
+    pub sni: Option<String>,
+}
+
+/// `health:` of a pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    /// tcp | http | tls.
+    pub check: String,
+    /// HTTP path for `check: http`.
+    pub path: Option<String>,
+    /// Time between checks.
+    pub interval: Option<String>,
+    /// Time a check may take.
+    pub timeout: Option<String>,
+    /// Successes to mark a backend up.
+    pub rise: Option<u32>,
+    /// Failures to mark a backend down.
+    pub fall: Option<u32>,
+}
+
+/// `timeouts:` — each a duration string.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    pub client_hello: Option<String>,
+    pub handshake: Option<String>,
+    pub connect: Option<String>,
+    pub request_header: Option<String>,
+    pub client_idle: Option<String>,
+    pub backend_response: Option<String>,
+    pub tunnel_idle: Option<String>,
+}
+
+/// `limits:`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Connections open at once per listener.
+    pub max_connections: Option<usize>,
+    /// Largest request header block.
+    pub max_request_header_bytes: Option<usize>,
+}

@@ -1,0 +1,241 @@
+//! Drives one client connection through hyper's HTTP/1.1 server: keep-alive, pipelining,
+//! upgrades, the 431 header limit, and two clocks hyper does not keep the way an edge
+//! needs them: `timeouts.request_header` runs from the first byte of a request until its
+//! headers are complete (slowloris), and `timeouts.client_idle` runs while no request is
+//! in flight and no byte arrives. On shutdown, idle connections close and busy ones
+//! answer their current request with `Connection: close`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::client::ProxyBody;
+
+/// Activity of one client connection, shared by its IO wrapper, its service and its
+/// watchdog.
+#[derive(Debug)]
+pub struct ConnActivity {
+    start: Instant,
+    /// Requests whose response is not fully written yet.
+    in_flight: AtomicUsize,
+    /// Milliseconds since `start` of the last byte read or response finished.
+    last_ms: AtomicU64,
+    /// Milliseconds since `start` (+1) when the first byte of a not-yet-parsed request
+    /// arrived; 0 when no request is being read.
+    header_since_ms: AtomicU64,
+    /// Wakes the watchdog when its deadline may have moved.
+    changed: tokio::sync::Notify,
+}
+
+impl ConnActivity {
+    fn new() -> Self {
+        ConnActivity {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            header_since_ms: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn bytes_read(&self) {
+        let now = self.now_ms();
+        self.last_ms.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.header_since_ms.load(Ordering::Relaxed) == 0
+        {
+            self.header_since_ms.store(now + 1, Ordering::Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A request's headers were parsed; it is now in flight.
+    pub fn request_started(&self) {
+        self.header_since_ms.store(0, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A response was written to its end (or abandoned).
+    pub fn request_finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+}
+
+/// Counts a request in flight until dropped (held by the response body).
+#[derive(Debug)]
+pub struct InFlight(pub Arc<ConnActivity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// The client stream, noting every read in the connection's activity.
+struct WatchedIo<S> {
+    inner: S,
+    activity: Arc<ConnActivity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.bytes_read();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Limits and clocks of a client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Headers must be complete within this from their first byte.
+    pub request_header: Duration,
+    /// Idle keep-alive connections close after this.
+    pub client_idle: Duration,
+    /// Largest request head (431 above it).
+    pub max_header_bytes: usize,
+}
+
+/// How a client connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnEnd {
+    /// Client closed, or hyper finished (Connection: close, error answered).
+    Closed,
+    /// Idle past `client_idle`.
+    Idle,
+    /// Headers not complete within `request_header`.
+    HeaderTimeout,
+    /// Closed for shutdown.
+    Shutdown,
+}
+
+/// Serves HTTP/1.1 on `stream` with `make_service(activity)` until the connection ends.
+pub async fn serve_connection<S, F, Svc>(
+    stream: S,
+    limits: ConnLimits,
+    shutdown: &CancellationToken,
+    make_service: F,
+) -> ConnEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnOnce(Arc<ConnActivity>) -> Svc,
+    Svc: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = std::convert::Infallible>
+        + Send
+        + 'static,
+    Svc::Future: Send + 'static,
+{
+    let activity = Arc::new(ConnActivity::new());
+    let io = TokioIo::new(WatchedIo {
+        inner: stream,
+        activity: Arc::clone(&activity),
+    });
+    let service = make_service(Arc::clone(&activity));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .half_close(false)
+        .max_headers(200)
+        .max_header_size(limits.max_header_bytes)
+        .header_read_timeout(None);
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+
+    let mut draining = false;
+    let mut end = ConnEnd::Closed;
+    loop {
+        let deadline = next_deadline(&activity, &limits);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "client connection ended with an error");
+                }
+                return end;
+            }
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                end = ConnEnd::Shutdown;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = activity.changed.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                if activity.in_flight.load(Ordering::Relaxed) > 0 {
+                    continue;
+                }
+                let now = activity.now_ms();
+                let header_since = activity.header_since_ms.load(Ordering::Relaxed);
+                if header_since > 0 {
+                    if now + 1 >= header_since + limits.request_header.as_millis() as u64 {
+                        tracing::info!(timeout_ms = limits.request_header.as_millis() as u64, "request headers not complete in time; closing");
+                        return ConnEnd::HeaderTimeout;
+                    }
+                } else if now >= activity.last_ms.load(Ordering::Relaxed) + limits.client_idle.as_millis() as u64 {
+                    tracing::debug!("keep-alive connection idle; closing");
+                    return ConnEnd::Idle;
+                }
+            }
+        }
+    }
+}
+
+fn next_deadline(activity: &ConnActivity, limits: &ConnLimits) -> Instant {
+    let header_since = activity.header_since_ms.load(Ordering::Relaxed);
+    let ms = if activity.in_flight.load(Ordering::Relaxed) > 0 {
+        // Busy: look again later; backend_response bounds the request itself.
+        activity.now_ms() + limits.client_idle.as_millis() as u64
+    } else if header_since > 0 {
+        header_since - 1 + limits.request_header.as_millis() as u64
+    } else {
+        activity.last_ms.load(Ordering::Relaxed) + limits.client_idle.as_millis() as u64
+    };
+    activity.start + Duration::from_millis(ms)
+}

@@ -1,0 +1,308 @@
+//! Header rules of the L7 module: framing checks on requests (conflicting
+//! Content-Length / Transfer-Encoding → 400), hop-by-hop headers stripped both ways
+//! (and any header named in `Connection`), and the forwarding headers added to each
+//! request: X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host, Forwarded.
+
+use std::net::IpAddr;
+
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, FORWARDED, HOST, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
+
+/// Headers that describe one hop only (RFC 9110 §7.6.1), plus the legacy ones.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Whether a request's framing headers are ambiguous: both Content-Length and
+/// Transfer-Encoding, or Content-Length values that disagree. Such a request is the
+/// raw material of request smuggling and is refused with 400.
+pub fn has_conflicting_framing(headers: &HeaderMap) -> bool {
+    let has_te = headers.contains_key(TRANSFER_ENCODING);
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+    let Some(first) = lengths.next() else {
+        return false;
+    };
+    if has_te {
+        return true;
+    }
+    // Comma-separated lists inside one value count as several values too.
+    let mut seen: Option<&[u8]> = None;
+    for value in std::iter::once(first).chain(lengths) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = trim(part);
+            match seen {
+                None => seen = Some(part),
+                Some(prev) if prev == part => {}
+                Some(_) => return true,
+            }
+        }
+    }
+    false
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &bytes[start..end]
+}
+
+/// Whether the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE) && connection_has_token(headers, "upgrade")
+}
+
+/// Whether `Connection` lists `token` (case-insensitive).
+pub fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Removes hop-by-hop headers and every header `Connection` names. When `keep_upgrade`,
+/// `Connection: upgrade` and `Upgrade` are kept (a WebSocket handshake passes through).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let upgrade = if keep_upgrade {
+        headers.get(UPGRADE).cloned()
+    } else {
+        None
+    };
+    for name in named {
+        headers.remove(&name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(TE);
+    headers.remove(TRAILER);
+    if let Some(value) = upgrade {
+        headers.insert(UPGRADE, value);
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Adds the forwarding headers for a request from `client` over `proto`
+/// (`http`/`https`). `host` is the request's Host as the client sent it.
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    let client_text = client.to_string();
+    // X-Forwarded-For: append to an existing list.
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client_text}"),
+        _ => client_text.clone(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        // Several X-Forwarded-For lines collapse into the one list.
+        headers.remove(&X_FORWARDED_FOR);
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+    // Forwarded (RFC 7239): append an element for this hop.
+    let node = match client {
+        IpAddr::V4(_) => client_text,
+        IpAddr::V6(_) => format!("\"[{client_text}]\""),
+    };
+    let mut element = format!("for={node};proto={proto}");
+    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+        if h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        {
+            element.push_str(";host=");
+            element.push_str(h);
+        } else {
+            element.push_str(&format!(";host={h:?}"));
+        }
+    }
+    let forwarded = match headers.get(FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {element}"),
+        _ => element,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.remove(FORWARDED);
+        headers.insert(FORWARDED, v);
+    }
+}
+
+/// The request's host without port, lower-cased: from the URI authority
+/// (absolute-form) or the Host header.
+pub fn request_host(uri: &hyper::Uri, headers: &HeaderMap) -> Option<String> {
+    if let Some(h) = uri.host() {
+        return Some(crate::route::normalize_host(h));
+    }
+    let raw = headers.get(HOST)?.to_str().ok()?;
+    let host = strip_port(raw);
+    if host.is_empty() {
+        return None;
+    }
+    Some(crate::route::normalize_host(host))
+}
+
+/// `host:port` → `host`; `[v6]:port` → `[v6]`.
+pub fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return match authority.find(']') {
+            Some(end) => &authority[..=end],
+            None => authority,
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// The `timeout=` of a `Keep-Alive` response header, in seconds.
+pub fn keep_alive_timeout(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get("keep-alive")?.to_str().ok()?;
+    value.split(',').find_map(|part| {
+        let (k, v) = part.split_once('=')?;
+        if k.trim().eq_ignore_ascii_case("timeout") {
+            v.trim().parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn conflicting_framing() {
+        assert!(has_conflicting_framing(&map(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked")
+        ])));
+        assert!(has_conflicting_framing(&map(&[
+            ("content-length", "5"),
+            ("content-length", "6")
+        ])));
+        assert!(has_conflicting_framing(&map(&[("content-length", "5, 6")])));
+        assert!(!has_conflicting_framing(&map(&[
+            ("content-length", "5"),
+            ("content-length", "5")
+        ])));
+        assert!(!has_conflicting_framing(&map(&[("content-length", "5")])));
+        assert!(!has_conflicting_framing(&map(&[(
+            "transfer-encoding",
+            "chunked"
+        )])));
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_kept_when_asked() {
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "1"),
+        ]);
+        assert!(is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert!(!h.contains_key("keep-alive"));
+    }
+
+    #[test]
+    fn forwarding_headers_append() {
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("forwarded", "for=10.0.0.1"),
+        ]);
+        let host = HeaderValue::from_static("app.example.com");
+        add_forwarding(&mut h, "192.0.2.7".parse().unwrap(), "https", Some(&host));
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 192.0.2.7");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "app.example.com");
+        assert_eq!(
+            h.get("forwarded").unwrap(),
+            "for=10.0.0.1, for=192.0.2.7;proto=https;host=app.example.com"
+        );
+        let mut v6 = HeaderMap::new();
+        add_forwarding(&mut v6, "::1".parse().unwrap(), "http", None);
+        assert_eq!(v6.get("forwarded").unwrap(), "for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn hosts_and_ports() {
+        assert_eq!(strip_port("a.example.com:8443"), "a.example.com");
+        assert_eq!(strip_port("a.example.com"), "a.example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        let h = map(&[("host", "App.Example.COM:8443")]);
+        assert_eq!(
+            request_host(&"/x".parse().unwrap(), &h).as_deref(),
+            Some("app.example.com")
+        );
+    }
+
+    #[test]
+    fn keep_alive_timeout_parsed() {
+        assert_eq!(
+            keep_alive_timeout(&map(&[("keep-alive", "timeout=5, max=100")])),
+            Some(5)
+        );
+        assert_eq!(keep_alive_timeout(&map(&[("keep-alive", "max=100")])), None);
+    }
+}

@@ -1,0 +1,196 @@
+//! The L7 module: HTTP/1.1 with hyper on terminated TLS connections and on
+//! `protocol: http` listeners. `conn.rs` drives a client connection (keep-alive, clocks,
+//! drain), `proxy.rs` handles each request, `headers.rs` holds the header rules and
+//! `client.rs` the backend side (`per_request` or `pooled`).
+
+pub mod client;
+pub mod conn;
+pub mod headers;
+pub mod proxy;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus::IntCounter;
+
+use crate::config::{Config, HttpAction, ListenerKind};
+use crate::listener::{ListenerRuntime, Mode};
+use crate::metrics::Metrics;
+use crate::server::{Context, Snapshot};
+use crate::tls::peek::PeekedHello;
+use crate::upstream::Pool;
+use client::PoolClient;
+use conn::{serve_connection, ConnLimits};
+use proxy::{CompiledRule, ProxyContext, RouteMetrics, RouteTable};
+
+/// L7 state in a snapshot: compiled routing tables and one client per pool.
+#[derive(Debug, Default)]
+pub struct L7State {
+    tables: HashMap<String, Arc<RouteTable>>,
+    /// Handshake outcome counters per listener name: (ok, error, timeout).
+    handshakes: HashMap<String, [IntCounter; 3]>,
+}
+
+impl L7State {
+    /// Compiles every routing table of `config` against `pools`.
+    pub fn new(config: &Config, pools: &HashMap<String, Arc<Pool>>, metrics: &Metrics) -> Self {
+        let clients: HashMap<String, Arc<PoolClient>> = pools
+            .iter()
+            .map(|(name, pool)| (name.clone(), PoolClient::new(Arc::clone(pool))))
+            .collect();
+        let mut tables = HashMap::new();
+        for (name, rules) in &config.routes {
+            let compiled = rules
+                .iter()
+                .filter_map(|rule| {
+                    let client = clients.get(&rule.pool)?;
+                    Some(CompiledRule {
+                        host: rule.host.clone(),
+                        path_prefix: rule.path_prefix.clone(),
+                        client: Arc::clone(client),
+                        metrics: Arc::new(RouteMetrics::new(metrics, name, &rule.pool)),
+                    })
+                })
+                .collect();
+            tables.insert(
+                name.clone(),
+                Arc::new(RouteTable {
+                    name: name.clone(),
+                    rules: compiled,
+                    unmatched: Arc::new(RouteMetrics::new(metrics, name, "none")),
+                }),
+            );
+        }
+        let handshakes = config
+            .listeners
+            .iter()
+            .filter(|l| matches!(l.kind, ListenerKind::Tls { .. }))
+            .map(|l| {
+                let c = |outcome: &str| {
+                    metrics
+                        .tls_handshakes_total
+                        .with_label_values(&[&l.name, outcome])
+                };
+                (l.name.clone(), [c("ok"), c("error"), c("timeout")])
+            })
+            .collect();
+        L7State { tables, handshakes }
+    }
+
+    /// The routing table named `name`.
+    pub fn table(&self, name: &str) -> Option<&Arc<RouteTable>> {
+        self.tables.get(name)
+    }
+}
+
+fn limits(snapshot: &Snapshot) -> ConnLimits {
+    ConnLimits {
+        request_header: snapshot.config.timeouts.request_header,
+        client_idle: snapshot.config.timeouts.client_idle,
+        max_header_bytes: snapshot.config.limits.max_request_header_bytes,
+    }
+}
+
+/// Terminates TLS on a routed connection and serves HTTP on it with routing table `routes`.
+pub async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    hello: PeekedHello,
+    routes: &str,
+    listener: &ListenerRuntime,
+    snapshot: &Arc<Snapshot>,
+    ctx: &Arc<Context>,
+) {
+    let (Some(terminator), Some(table)) = (&snapshot.tls, snapshot.l7.table(routes)) else {
+        listener.counters.rejected();
+        tracing::error!(
+            routes,
+            "terminate route without TLS state or routing table; closing"
+        );
+        return;
+    };
+    let _active = listener.counters.open(Mode::Terminate);
+    let counters = snapshot.l7.handshakes.get(&listener.spec.name);
+    let tls = match terminator
+        .accept(stream, hello.buffered, snapshot.config.timeouts.handshake)
+        .await
+    {
+        Ok(tls) => {
+            if let Some(c) = counters {
+                c[0].inc();
+            }
+            tls
+        }
+        Err(err) => {
+            if let Some(c) = counters {
+                let i = if err.outcome() == "timeout" { 2 } else { 1 };
+                c[i].inc();
+            }
+            tracing::info!(error = %err, "TLS handshake failed; closing");
+            return;
+        }
+    };
+    let table = Arc::clone(table);
+    let timeouts = snapshot.config.timeouts;
+    let end = serve_connection(tls, limits(snapshot), &ctx.shutdown, |activity| {
+        let cx = ProxyContext {
+            table,
+            peer,
+            proto: "https",
+            timeouts,
+            activity,
+        };
+        hyper::service::service_fn(move |req| proxy::handle(req, cx.clone()))
+    })
+    .await;
+    tracing::debug!(end = ?end, "terminated connection closed");
+}
+
+/// Serves a `protocol: http` connection: proxy with its routing table, or redirect.
+pub async fn serve_plain(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    listener: &ListenerRuntime,
+    snapshot: &Arc<Snapshot>,
+    ctx: &Arc<Context>,
+) {
+    let ListenerKind::Http { action } = &listener.spec.kind else {
+        return;
+    };
+    let _active = listener.counters.open(Mode::Http);
+    let end = match action {
+        HttpAction::Routes(routes) => {
+            let Some(table) = snapshot.l7.table(routes) else {
+                tracing::error!(routes, "routing table missing; closing");
+                return;
+            };
+            let table = Arc::clone(table);
+            let timeouts = snapshot.config.timeouts;
+            serve_connection(stream, limits(snapshot), &ctx.shutdown, |activity| {
+                let cx = ProxyContext {
+                    table,
+                    peer,
+                    proto: "http",
+                    timeouts,
+                    activity,
+                };
+                hyper::service::service_fn(move |req| proxy::handle(req, cx.clone()))
+            })
+            .await
+        }
+        HttpAction::RedirectHttps(port) => {
+            let port = *port;
+            serve_connection(stream, limits(snapshot), &ctx.shutdown, |activity| {
+                hyper::service::service_fn(move |req| {
+                    activity.request_started();
+                    let response = proxy::redirect(&req, port);
+                    activity.request_finished();
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                })
+            })
+            .await
+        }
+    };
+    tracing::debug!(end = ?end, "http connection closed");
+}

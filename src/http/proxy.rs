@@ -1,0 +1,328 @@
+//! The L7 request path (a hyper service per client connection): check framing, route by
+//! Host and path, rewrite headers, forward to the pool's backend over a new or pooled
+//! connection, stream the response back, or answer 400/404/502/503/504 itself. A
+//! `Connection: Upgrade` request that the backend answers with 101 becomes a spliced
+//! tunnel between the two upgraded connections.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST, LOCATION};
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+use prometheus::{Histogram, IntCounter, IntCounterVec};
+
+use super::client::{full_body, ForwardError, PoolClient, ProxyBody};
+use super::conn::{ConnActivity, InFlight};
+use super::headers;
+use crate::config::{BackendConnections, Timeouts};
+use crate::error::ProxyError;
+use crate::route::HostPattern;
+
+/// Metric handles of one (route table, pool) pair, resolved once per status code.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: String,
+    pool: String,
+    requests: IntCounterVec,
+    by_code: Box<[OnceLock<IntCounter>]>,
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Handles for `route` → `pool`.
+    pub fn new(metrics: &crate::metrics::Metrics, route: &str, pool: &str) -> Self {
+        RouteMetrics {
+            route: route.to_string(),
+            pool: pool.to_string(),
+            requests: metrics.http_requests_total.clone(),
+            by_code: (0..600).map(|_| OnceLock::new()).collect(),
+            duration: metrics
+                .http_request_duration_seconds
+                .with_label_values(&[pool]),
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn count(&self, status: StatusCode, started: Instant) {
+        let code = usize::from(status.as_u16());
+        if let Some(slot) = self.by_code.get(code) {
+            slot.get_or_init(|| {
+                self.requests
+                    .with_label_values(&[&self.route, &self.pool, status.as_str()])
+            })
+            .inc();
+        }
+        self.duration.observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// One compiled routing rule.
+#[derive(Debug)]
+pub struct CompiledRule {
+    /// Host pattern (`None`: any).
+    pub host: Option<HostPattern>,
+    /// Path prefix.
+    pub path_prefix: String,
+    /// The pool's client.
+    pub client: Arc<PoolClient>,
+    /// Metric handles.
+    pub metrics: Arc<RouteMetrics>,
+}
+
+/// A routing table: first match wins.
+#[derive(Debug)]
+pub struct RouteTable {
+    /// Its name (the `route` label).
+    pub name: String,
+    /// Rules in order.
+    pub rules: Vec<CompiledRule>,
+    /// Counts requests no rule matched (pool label "none").
+    pub unmatched: Arc<RouteMetrics>,
+}
+
+impl RouteTable {
+    /// The first rule matching `host` and `path`.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&CompiledRule> {
+        self.rules.iter().find(|rule| {
+            let host_ok = match (&rule.host, host) {
+                (None, _) => true,
+                (Some(pattern), Some(h)) => pattern.matches(h),
+                (Some(_), None) => false,
+            };
+            host_ok && path.starts_with(rule.path_prefix.as_str())
+        })
+    }
+}
+
+/// Per-connection facts the service needs.
+#[derive(Debug, Clone)]
+pub struct ProxyContext {
+    /// Routing table.
+    pub table: Arc<RouteTable>,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// `https` or `http`.
+    pub proto: &'static str,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// The connection's activity (in-flight accounting).
+    pub activity: Arc<ConnActivity>,
+}
+
+/// Builds an error or redirect response with a short text body.
+pub fn plain_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(full_body(Bytes::from(format!("{text}\n"))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn closing(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Handles one request.
+pub async fn handle(
+    mut request: Request<Incoming>,
+    cx: ProxyContext,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let in_flight = InFlight(Arc::clone(&cx.activity));
+    cx.activity.request_started();
+
+    if headers::has_conflicting_framing(request.headers()) {
+        cx.table.unmatched.count(StatusCode::BAD_REQUEST, started);
+        tracing::info!("conflicting Content-Length / Transfer-Encoding; 400 and close");
+        return Ok(track(
+            closing(plain_response(
+                StatusCode::BAD_REQUEST,
+                "bad request: ambiguous message framing",
+            )),
+            in_flight,
+        ));
+    }
+    let host = headers::request_host(request.uri(), request.headers());
+    if host.is_none() && request.version() == Version::HTTP_11 {
+        cx.table.unmatched.count(StatusCode::BAD_REQUEST, started);
+        return Ok(track(
+            closing(plain_response(
+                StatusCode::BAD_REQUEST,
+                "bad request: no Host header",
+            )),
+            in_flight,
+        ));
+    }
+    let Some(rule) = cx.table.find(host.as_deref(), request.uri().path()) else {
+        cx.table.unmatched.count(StatusCode::NOT_FOUND, started);
+        return Ok(track(
+            plain_response(StatusCode::NOT_FOUND, "no route for this host and path"),
+            in_flight,
+        ));
+    };
+
+    let upgrade = headers::is_upgrade_request(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+
+    let (mut parts, body) = request.into_parts();
+    let original_host = parts.headers.get(HOST).cloned();
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::add_forwarding(
+        &mut parts.headers,
+        cx.peer.ip(),
+        cx.proto,
+        original_host.as_ref(),
+    );
+    if original_host.is_none() {
+        if let Some(authority) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(HOST, v);
+            }
+        }
+    }
+    if rule.client.mode() == BackendConnections::PerRequest && !upgrade {
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    // Origin-form towards the backend.
+    if let Some(pq) = parts.uri.path_and_query().cloned() {
+        parts.uri = hyper::Uri::from(pq);
+    }
+    parts.version = Version::HTTP_11;
+    let backend_request = Request::from_parts(parts, body.boxed_unsync());
+
+    let forwarded = rule
+        .client
+        .send(
+            backend_request,
+            cx.peer,
+            cx.timeouts.connect,
+            cx.timeouts.backend_response,
+        )
+        .await;
+    let forwarded = match forwarded {
+        Ok(f) => f,
+        Err(err) => {
+            let (status, text) = match &err {
+                ForwardError::Connect(ProxyError::NoHealthyBackend { .. }) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "no healthy backend")
+                }
+                ForwardError::Connect(_) => (StatusCode::BAD_GATEWAY, "backend unreachable"),
+                ForwardError::Timeout(_) => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "backend did not answer in time",
+                ),
+                ForwardError::Backend(_) => (StatusCode::BAD_GATEWAY, "backend failed"),
+            };
+            tracing::warn!(pool = %rule.client.pool().name, error = %err, status = status.as_u16(), "request not forwarded");
+            rule.metrics.count(status, started);
+            return Ok(track(plain_response(status, text), in_flight));
+        }
+    };
+    let mut response = forwarded.response;
+    let status = response.status();
+    rule.metrics.count(status, started);
+    tracing::trace!(backend = %forwarded.backend, status = status.as_u16(), "forwarded");
+
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let backend_upgrade = hyper::upgrade::on(&mut response);
+            let idle = cx.timeouts.tunnel_idle;
+            tokio::spawn(async move {
+                let (Ok(client_io), Ok(backend_io)) = (client_upgrade.await, backend_upgrade.await)
+                else {
+                    tracing::info!("upgrade failed on one side; closing");
+                    return;
+                };
+                let mut client_io = TokioIo::new(client_io);
+                let mut backend_io = TokioIo::new(backend_io);
+                let outcome =
+                    crate::l4::splice::splice(&mut client_io, &mut backend_io, idle).await;
+                tracing::debug!(
+                    client_to_backend = outcome.client_to_backend,
+                    backend_to_client = outcome.backend_to_client,
+                    end = outcome.end.as_str(),
+                    "upgraded tunnel closed"
+                );
+            });
+            return Ok(track(response, in_flight));
+        }
+    }
+    headers::strip_hop_by_hop(response.headers_mut(), false);
+    Ok(track(response, in_flight))
+}
+
+/// Ties the in-flight count to the response body: it ends when hyper drops the body.
+fn track(response: Response<ProxyBody>, in_flight: InFlight) -> Response<ProxyBody> {
+    let (parts, body) = response.into_parts();
+    let body = TrackedBody {
+        inner: body,
+        _in_flight: in_flight,
+    };
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+struct TrackedBody {
+    inner: ProxyBody,
+    _in_flight: InFlight,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Answers every request with 308 to `https://HOST:port/PATH?QUERY`.
+pub fn redirect(request: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
+    let Some(host) = headers::request_host(request.uri(), request.headers()) else {
+        return closing(plain_response(
+            StatusCode::BAD_REQUEST,
+            "bad request: no Host header",
+        ));
+    };
+    let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let Ok(value) = HeaderValue::from_str(&location) else {
+        return closing(plain_response(
+            StatusCode::BAD_REQUEST,
+            "bad request: invalid Host",
+        ));
+    };
+    let mut response = plain_response(
+        StatusCode::PERMANENT_REDIRECT,
+        &format!("moved to {location}"),
+    );
+    response.headers_mut().insert(LOCATION, value);
+    response
+}

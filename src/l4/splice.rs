@@ -1,0 +1,225 @@
+//! Bidirectional byte copy between a client and a backend: each direction runs until
+//! EOF, then shuts down the other side's write half (half-close); the tunnel ends when
+//! both directions are done, on an error, or when no byte moved either way for
+//! `tunnel_idle`. Returns the bytes moved each way.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Buffer per direction.
+const CHUNK: usize = 32 * 1024;
+
+/// How a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpliceEnd {
+    /// Both sides sent EOF.
+    Closed,
+    /// Nothing moved for `tunnel_idle`.
+    Idle,
+    /// The client side failed (reset, broken pipe).
+    ClientError,
+    /// The backend side failed.
+    BackendError,
+}
+
+impl SpliceEnd {
+    /// Label for logs and access lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpliceEnd::Closed => "closed",
+            SpliceEnd::Idle => "idle_timeout",
+            SpliceEnd::ClientError => "client_error",
+            SpliceEnd::BackendError => "backend_error",
+        }
+    }
+}
+
+/// Bytes moved and how the tunnel ended.
+#[derive(Debug, Clone, Copy)]
+pub struct SpliceOutcome {
+    /// Client → backend bytes (not counting a replayed prefix).
+    pub client_to_backend: u64,
+    /// Backend → client bytes.
+    pub backend_to_client: u64,
+    /// Why it ended.
+    pub end: SpliceEnd,
+}
+
+/// Shared idle clock: milliseconds since `start` of the last byte moved either way.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
+    }
+}
+
+enum DirEnd {
+    Eof,
+    Idle,
+    ReadError(io::Error),
+    WriteError(io::Error),
+}
+
+/// Copies `from` → `to` until EOF, then shuts `to`'s write side down.
+async fn copy_one_way<R, W>(
+    from: &mut R,
+    to: &mut W,
+    activity: &Activity,
+    idle: Duration,
+    moved: &AtomicU64,
+) -> DirEnd
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = loop {
+            let deadline = activity.idle_deadline(idle);
+            tokio::select! {
+                read = from.read(&mut buf) => break read,
+                _ = tokio::time::sleep_until(deadline) => {
+                    if Instant::now() >= activity.idle_deadline(idle) {
+                        return DirEnd::Idle;
+                    }
+                }
+            }
+        };
+        let n = match n {
+            Ok(0) => {
+                // Half-close: pass the EOF on, keep the other direction going.
+                let _ = to.shutdown().await;
+                return DirEnd::Eof;
+            }
+            Ok(n) => n,
+            Err(e) => return DirEnd::ReadError(e),
+        };
+        activity.touch();
+        if let Err(e) = to.write_all(&buf[..n]).await {
+            return DirEnd::WriteError(e);
+        }
+        moved.fetch_add(n as u64, Ordering::Relaxed);
+        activity.touch();
+    }
+}
+
+/// Splices `client` and `backend` both ways until both have sent EOF, one fails, or the
+/// tunnel is idle for `idle`.
+pub async fn splice<C, B>(client: &mut C, backend: &mut B, idle: Duration) -> SpliceOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut backend_read, mut backend_write) = tokio::io::split(backend);
+    splice_halves(
+        &mut client_read,
+        &mut client_write,
+        &mut backend_read,
+        &mut backend_write,
+        idle,
+    )
+    .await
+}
+
+/// [`splice`] for two TCP sockets, split without locks.
+pub async fn splice_tcp(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    idle: Duration,
+) -> SpliceOutcome {
+    let (mut client_read, mut client_write) = client.split();
+    let (mut backend_read, mut backend_write) = backend.split();
+    splice_halves(
+        &mut client_read,
+        &mut client_write,
+        &mut backend_read,
+        &mut backend_write,
+        idle,
+    )
+    .await
+}
+
+/// Splices already-split halves.
+pub async fn splice_halves<CR, CW, BR, BW>(
+    client_read: &mut CR,
+    client_write: &mut CW,
+    backend_read: &mut BR,
+    backend_write: &mut BW,
+    idle: Duration,
+) -> SpliceOutcome
+where
+    CR: AsyncRead + Unpin + ?Sized,
+    CW: AsyncWrite + Unpin + ?Sized,
+    BR: AsyncRead + Unpin + ?Sized,
+    BW: AsyncWrite + Unpin + ?Sized,
+{
+    let activity = Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let up = AtomicU64::new(0);
+    let down = AtomicU64::new(0);
+    let upstream = copy_one_way(client_read, backend_write, &activity, idle, &up);
+    let downstream = copy_one_way(backend_read, client_write, &activity, idle, &down);
+    tokio::pin!(upstream);
+    tokio::pin!(downstream);
+
+    // Run both; an error or idle on either side ends the tunnel at once.
+    let mut up_end: Option<DirEnd> = None;
+    let mut down_end: Option<DirEnd> = None;
+    let end = loop {
+        tokio::select! {
+            e = &mut upstream, if up_end.is_none() => {
+                match e {
+                    DirEnd::Eof => up_end = Some(DirEnd::Eof),
+                    DirEnd::Idle => break SpliceEnd::Idle,
+                    DirEnd::ReadError(e) => {
+                        tracing::debug!(error = %e, "client read failed");
+                        break SpliceEnd::ClientError;
+                    }
+                    DirEnd::WriteError(e) => {
+                        tracing::debug!(error = %e, "backend write failed");
+                        break SpliceEnd::BackendError;
+                    }
+                }
+            }
+            e = &mut downstream, if down_end.is_none() => {
+                match e {
+                    DirEnd::Eof => down_end = Some(DirEnd::Eof),
+                    DirEnd::Idle => break SpliceEnd::Idle,
+                    DirEnd::ReadError(e) => {
+                        tracing::debug!(error = %e, "backend read failed");
+                        break SpliceEnd::BackendError;
+                    }
+                    DirEnd::WriteError(e) => {
+                        tracing::debug!(error = %e, "client write failed");
+                        break SpliceEnd::ClientError;
+                    }
+                }
+            }
+        }
+        if up_end.is_some() && down_end.is_some() {
+            break SpliceEnd::Closed;
+        }
+    };
+    SpliceOutcome {
+        client_to_backend: up.load(Ordering::Relaxed),
+        backend_to_client: down.load(Ordering::Relaxed),
+        end,
+    }
+}

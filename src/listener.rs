@@ -1,0 +1,372 @@
+//! Accept loop of one listener: binds with socket2 (SO_REUSEADDR, a real backlog),
+//! holds `max_connections` permits (beyond them new connections wait in the kernel's
+//! backlog), sets TCP_NODELAY, and runs a task per connection that dispatches by
+//! protocol: `tls` peeks the ClientHello and routes by SNI, `tcp` splices to its pool.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntGauge};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::config::{ListenerKind, ListenerSpec, SniAction};
+use crate::l4::passthrough;
+use crate::metrics::Metrics;
+use crate::server::{Context, Snapshot};
+use crate::tls::peek::{peek_client_hello, PeekError, PeekFailure};
+
+/// Pending connections the kernel queues for us.
+const BACKLOG: i32 = 4096;
+
+/// Binds `addr` with SO_REUSEADDR and a 4096 backlog.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The mode a connection ends up in: the `mode` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Spliced to a TLS backend.
+    Passthrough = 0,
+    /// TLS terminated, L7.
+    Terminate = 1,
+    /// Plain HTTP, L7.
+    Http = 2,
+    /// Plain TCP splice.
+    Tcp = 3,
+    /// Closed before reaching a backend.
+    Rejected = 4,
+}
+
+impl Mode {
+    const ALL: [Mode; 5] = [
+        Mode::Passthrough,
+        Mode::Terminate,
+        Mode::Http,
+        Mode::Tcp,
+        Mode::Rejected,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Passthrough => "passthrough",
+            Mode::Terminate => "terminate",
+            Mode::Http => "http",
+            Mode::Tcp => "tcp",
+            Mode::Rejected => "rejected",
+        }
+    }
+}
+
+const FAILURES: [PeekFailure; 4] = [
+    PeekFailure::NotTls,
+    PeekFailure::Timeout,
+    PeekFailure::TooLarge,
+    PeekFailure::Malformed,
+];
+
+/// Pre-resolved metric handles of one listener (no label lookup on the hot path).
+#[derive(Debug, Clone)]
+pub struct ListenerCounters {
+    connections: Vec<IntCounter>,
+    active: Vec<IntGauge>,
+    bytes_c2b: Vec<IntCounter>,
+    bytes_b2c: Vec<IntCounter>,
+    hello_failures: Vec<IntCounter>,
+}
+
+impl ListenerCounters {
+    /// Resolves every label combination of listener `name`.
+    pub fn new(metrics: &Metrics, name: &str) -> Self {
+        let per_mode =
+            |f: &dyn Fn(&str) -> IntCounter| Mode::ALL.iter().map(|m| f(m.as_str())).collect();
+        ListenerCounters {
+            connections: per_mode(&|m| metrics.connections_total.with_label_values(&[name, m])),
+            active: Mode::ALL
+                .iter()
+                .map(|m| {
+                    metrics
+                        .connections_active
+                        .with_label_values(&[name, m.as_str()])
+                })
+                .collect(),
+            bytes_c2b: per_mode(&|m| {
+                metrics
+                    .bytes_total
+                    .with_label_values(&[name, m, "client_to_backend"])
+            }),
+            bytes_b2c: per_mode(&|m| {
+                metrics
+                    .bytes_total
+                    .with_label_values(&[name, m, "backend_to_client"])
+            }),
+            hello_failures: FAILURES
+                .iter()
+                .map(|f| {
+                    metrics
+                        .client_hello_failures_total
+                        .with_label_values(&[name, f.reason()])
+                })
+                .collect(),
+        }
+    }
+
+    /// Counts a connection in `mode` and holds it in the active gauge until dropped.
+    pub fn open(&self, mode: Mode) -> ActiveConnection {
+        self.connections[mode as usize].inc();
+        let gauge = self.active[mode as usize].clone();
+        gauge.inc();
+        ActiveConnection { gauge }
+    }
+
+    /// Adds relayed bytes.
+    pub fn add_bytes(&self, mode: Mode, client_to_backend: u64, backend_to_client: u64) {
+        self.bytes_c2b[mode as usize].inc_by(client_to_backend);
+        self.bytes_b2c[mode as usize].inc_by(backend_to_client);
+    }
+
+    /// Counts a failed ClientHello peek (and the rejected connection).
+    pub fn hello_failure(&self, failure: PeekFailure) {
+        let index = FAILURES.iter().position(|f| *f == failure).unwrap_or(0);
+        self.hello_failures[index].inc();
+        self.connections[Mode::Rejected as usize].inc();
+    }
+
+    /// Counts a connection rejected by routing or for lack of a backend.
+    pub fn rejected(&self) {
+        self.connections[Mode::Rejected as usize].inc();
+    }
+}
+
+/// Decrements the active-connections gauge when dropped.
+#[derive(Debug)]
+pub struct ActiveConnection {
+    gauge: IntGauge,
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Runs the accept loop of listener `index` until shutdown.
+pub async fn accept_loop(
+    listener: TcpListener,
+    index: usize,
+    max_connections: usize,
+    ctx: Arc<Context>,
+) {
+    let permits = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&permits).acquire_owned() => p,
+            _ = ctx.shutdown.cancelled() => break,
+        };
+        let Ok(permit) = permit else { break };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = ctx.shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::error!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let snapshot = ctx.state.load_full();
+        let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+        let Some(listener_rt) = snapshot.listeners.get(index) else {
+            continue;
+        };
+        let span = tracing::info_span!(
+            "conn",
+            conn,
+            peer = %peer,
+            listener = %listener_rt.spec.name,
+            sni = tracing::field::Empty
+        );
+        let hard_stop = ctx.hard_stop.clone();
+        let task_ctx = Arc::clone(&ctx);
+        ctx.tracker.spawn(
+            async move {
+                let _permit = permit;
+                tokio::select! {
+                    _ = handle(stream, peer, index, snapshot, task_ctx) => {}
+                    _ = hard_stop.cancelled() => {
+                        tracing::info!("connection cut at the end of the shutdown grace period");
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+    tracing::debug!("accept loop stopped");
+}
+
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    index: usize,
+    snapshot: Arc<Snapshot>,
+    ctx: Arc<Context>,
+) {
+    let Some(listener) = snapshot.listeners.get(index) else {
+        return;
+    };
+    match &listener.spec.kind {
+        ListenerKind::Tcp { pool } => {
+            splice_to_pool(stream, peer, &[], pool, Mode::Tcp, listener, &snapshot).await;
+        }
+        ListenerKind::Tls { sni } => {
+            handle_tls(stream, peer, sni, listener, &snapshot, &ctx).await;
+        }
+        ListenerKind::Http { .. } => {
+            crate::http::serve_plain(stream, peer, listener, &snapshot, &ctx).await;
+        }
+    }
+}
+
+async fn handle_tls(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    sni: &crate::route::HostTable<SniAction>,
+    listener: &ListenerRuntime,
+    snapshot: &Arc<Snapshot>,
+    ctx: &Arc<Context>,
+) {
+    let timeouts = snapshot.config.timeouts;
+    let hello = match peek_client_hello(&mut stream, timeouts.client_hello).await {
+        Ok(hello) => hello,
+        Err(PeekError::Failure(failure)) => {
+            listener.counters.hello_failure(failure);
+            tracing::info!(
+                reason = failure.reason(),
+                "ClientHello refused: {failure}; closing"
+            );
+            return;
+        }
+        Err(PeekError::Io(err)) => {
+            listener.counters.hello_failure(PeekFailure::Timeout);
+            tracing::info!(error = %err, "client failed before its ClientHello was complete");
+            return;
+        }
+    };
+    let name = hello.sni.as_deref();
+    let span = tracing::Span::current();
+    span.record("sni", name.unwrap_or(""));
+    match sni.lookup(name) {
+        Some(SniAction::Passthrough(pool)) => {
+            splice_to_pool(
+                stream,
+                peer,
+                &hello.buffered,
+                pool,
+                Mode::Passthrough,
+                listener,
+                snapshot,
+            )
+            .await;
+        }
+        Some(SniAction::Terminate(routes)) => {
+            crate::http::serve_tls(stream, peer, hello, routes, listener, snapshot, ctx).await;
+        }
+        Some(SniAction::Reject) => {
+            listener.counters.rejected();
+            tracing::info!(sni = name.unwrap_or(""), "SNI rule says reject; closing");
+        }
+        None => {
+            listener.counters.rejected();
+            tracing::info!(
+                sni = name.unwrap_or(""),
+                "no SNI rule and no default; closing"
+            );
+            if listener.has_terminate {
+                crate::tls::terminate::send_unrecognized_name(&mut stream).await;
+            }
+        }
+    }
+}
+
+async fn splice_to_pool(
+    stream: TcpStream,
+    peer: SocketAddr,
+    replay: &[u8],
+    pool_name: &str,
+    mode: Mode,
+    listener: &ListenerRuntime,
+    snapshot: &Arc<Snapshot>,
+) {
+    let Some(pool) = snapshot.pools.get(pool_name) else {
+        listener.counters.rejected();
+        tracing::error!(
+            pool = pool_name,
+            "pool missing from the running state; closing"
+        );
+        return;
+    };
+    let started = std::time::Instant::now();
+    let _active = listener.counters.open(mode);
+    match passthrough::tunnel(stream, peer, replay, pool, &snapshot.config.timeouts).await {
+        Ok(report) => {
+            let o = report.outcome;
+            listener
+                .counters
+                .add_bytes(mode, o.client_to_backend, o.backend_to_client);
+            tracing::debug!(
+                pool = pool_name,
+                backend = %report.backend,
+                client_to_backend = o.client_to_backend,
+                backend_to_client = o.backend_to_client,
+                end = o.end.as_str(),
+                duration_ms = started.elapsed().as_millis() as u64,
+                "tunnel closed"
+            );
+        }
+        Err(err) => {
+            tracing::warn!(pool = pool_name, error = %err, "no backend for the connection; closing the client");
+        }
+    }
+}
+
+/// A listener in the running state: its spec and metric handles.
+#[derive(Debug)]
+pub struct ListenerRuntime {
+    /// The validated spec.
+    pub spec: ListenerSpec,
+    /// Metric handles.
+    pub counters: ListenerCounters,
+    /// Whether any SNI rule terminates (decides the no-match answer: alert or close).
+    pub has_terminate: bool,
+}
+
+impl ListenerRuntime {
+    /// Builds the runtime of `spec`.
+    pub fn new(spec: &ListenerSpec, metrics: &Metrics) -> Self {
+        let has_terminate = match &spec.kind {
+            ListenerKind::Tls { sni } => sni.values().any(|a| matches!(a, SniAction::Terminate(_))),
+            _ => false,
+        };
+        ListenerRuntime {
+            spec: spec.clone(),
+            counters: ListenerCounters::new(metrics, &spec.name),
+            has_terminate,
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The `tollgate` binary: parses the command line (clap) and calls into the library.
+//! `run`, `check`, `demo`, `backend`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+/// tollgate — an edge load balancer: TLS passthrough and TLS offloading on one port.
+#[derive(Parser, Debug)]
+#[command(name = "tollgate", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the load balancer.
+    Run {
+        /// Config file.
+        #[arg(short, long, default_value = "conf/tollgate.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a config file (files, certificates, references): prints `ok` or the
+    /// key path and what is wrong, and exits 1.
+    Check {
+        /// Config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Self-contained edge on embedded defaults: throwaway CA, built-in backends, the
+    /// balancer on localhost, and curl lines to paste. Runs until Ctrl-C.
+    Demo {
+        /// Address of the balancer's TLS port.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+    },
+    /// The built-in origin server: answers every path with a small body naming itself;
+    /// `GET /health` answers 200, `POST /echo` echoes the body.
+    Backend {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Serve HTTPS (with --cert/--key, else a self-signed certificate).
+        #[arg(long)]
+        tls: bool,
+        /// Name in bodies and the X-Backend header.
+        #[arg(long, default_value = "backend")]
+        name: String,
+        /// PEM certificate chain (with --tls).
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// PEM private key (with --tls).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// Pad response bodies to this many bytes.
+        #[arg(long, default_value_t = 0)]
+        body_bytes: usize,
+        /// Tokio worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn runtime(worker_threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    builder.build().context("cannot start the tokio runtime")
+}
+
+/// Resolves when SIGTERM or SIGINT (Ctrl-C) arrives.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check { config } => {
+            let loaded = tollgate::config::load(&config).and_then(|c| {
+                tollgate::server::Snapshot::build(
+                    std::sync::Arc::new(c),
+                    &tollgate::metrics::Metrics::new(),
+                )
+                .map(|_| ())
+                .map_err(|e| match e {
+                    tollgate::error::StartError::Config(c) => c.into(),
+                    other => tollgate::error::ConfigError::new("(start)", other.to_string()).into(),
+                })
+            });
+            match loaded {
+                Ok(()) => {
+                    println!("ok");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(err) => {
+                    eprintln!("{}: {err}", config.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Run { config } => {
+            let loaded = match tollgate::config::load(&config) {
+                Ok(c) => c,
+                Err(err) => {
+                    eprintln!("{}: {err}", config.display());
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let grace = loaded.shutdown_grace;
+            let rt = runtime(loaded.worker_threads)?;
+            rt.block_on(async move {
+                let server = tollgate::server::Server::start(loaded)
+                    .await
+                    .with_context(|| format!("{}", config.display()))?;
+                stop_signal().await;
+                tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down");
+                server.shutdown(grace).await;
+                Ok::<_, anyhow::Error>(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { listen } => {
+            let rt = runtime(None)?;
+            rt.block_on(async move {
+                let demo = tollgate::demo::start(listen).await.with_context(|| {
+                    format!("demo could not start on {listen} (is the port taken? try --listen 127.0.0.1:0)")
+                })?;
+                println!("tollgate demo: one TLS port ({}) serving two names", demo.edge);
+                println!("config: {}", demo.config_file.display());
+                for (name, line) in demo.curl_lines() {
+                    let what = if name == tollgate::demo::PASSTHROUGH_NAME {
+                        "passthrough (TLS spliced untouched to a TLS backend)"
+                    } else {
+                        "terminated (TLS offloaded, HTTP proxied to a plain backend)"
+                    };
+                    println!("\n# {name}: {what}\n{line}");
+                }
+                println!("\nCtrl-C stops the demo.");
+                stop_signal().await;
+                demo.stop(Duration::from_secs(5)).await;
+                Ok::<_, anyhow::Error>(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backend {
+            listen,
+            tls,
+            name,
+            cert,
+            key,
+            body_bytes,
+            threads,
+        } => {
+            let tls_config = if tls {
+                let issued = match (cert, key) {
+                    (Some(cert), Some(key)) => Some((cert, key)),
+                    _ => None,
+                };
+                Some(backend_tls(issued)?)
+            } else {
+                None
+            };
+            let rt = runtime(threads)?;
+            rt.block_on(async move {
+                let listener = tollgate::listener::bind(listen)
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                let local = listener.local_addr()?;
+                eprintln!(
+                    "backend {name} listening on {local}{}",
+                    if tls { " (TLS)" } else { "" }
+                );
+                let stop = CancellationToken::new();
+                let options = tollgate::origin::OriginOptions {
+                    name,
+                    body_bytes,
+                    tls: tls_config,
+                };
+                let serving =
+                    tokio::spawn(tollgate::origin::serve(listener, options, stop.clone()));
+                stop_signal().await;
+                stop.cancel();
+                let _ = serving.await;
+                Ok::<_, anyhow::Error>(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn backend_tls(files: Option<(PathBuf, PathBuf)>) -> Result<std::sync::Arc<rustls::ServerConfig>> {
+    let Some((cert, key)) = files else {
+        let issued = tollgate::tls::certgen::self_signed(&["localhost", "127.0.0.1"])?;
+        return Ok(issued.server_config()?);
+    };
+    let spec = tollgate::config::CertificateSpec {
+        cert,
+        key,
+        names: Some(vec!["localhost".into()]),
+    };
+    let (certified, _) = tollgate::tls::terminate::load_certified_key(0, &spec)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_cert_resolver(std::sync::Arc::new(rustls::sign::SingleCertAndKey::from(
+        certified,
+    )));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    Ok(std::sync::Arc::new(config))
+}

@@ -1,0 +1,189 @@
+//! The one list of metric names (kept in step with `docs/metrics.md` by a test) and the
+//! Prometheus registry that holds them. Hot paths hold pre-resolved handles
+//! (`IntCounter` clones) so counting is one atomic add: no lock, no allocation.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric tollgate exports: (name, type, labels, help).
+pub const METRICS: &[(&str, &str, &[&str], &str)] = &[
+    (
+        "tollgate_connections_total",
+        "counter",
+        &["listener", "mode"],
+        "Client connections accepted, by the mode that took them",
+    ),
+    (
+        "tollgate_connections_active",
+        "gauge",
+        &["listener", "mode"],
+        "Client connections open now",
+    ),
+    (
+        "tollgate_bytes_total",
+        "counter",
+        &["listener", "mode", "direction"],
+        "Bytes relayed, by direction (client_to_backend, backend_to_client)",
+    ),
+    (
+        "tollgate_client_hello_failures_total",
+        "counter",
+        &["listener", "reason"],
+        "Connections closed before routing: not_tls, timeout, too_large, malformed",
+    ),
+    (
+        "tollgate_tls_handshakes_total",
+        "counter",
+        &["listener", "outcome"],
+        "TLS handshakes on terminate routes, by outcome",
+    ),
+    (
+        "tollgate_http_requests_total",
+        "counter",
+        &["route", "pool", "code"],
+        "HTTP requests answered, by status code",
+    ),
+    (
+        "tollgate_http_request_duration_seconds",
+        "histogram",
+        &["pool"],
+        "Time from request headers to response headers",
+    ),
+    (
+        "tollgate_backend_up",
+        "gauge",
+        &["pool", "backend"],
+        "1 when the backend is healthy, 0 when not",
+    ),
+    (
+        "tollgate_backend_connect_errors_total",
+        "counter",
+        &["pool", "backend"],
+        "Backend connects refused or timed out",
+    ),
+    (
+        "tollgate_backend_connections_total",
+        "counter",
+        &["pool", "backend"],
+        "New backend connections opened",
+    ),
+    (
+        "tollgate_config_reloads_total",
+        "counter",
+        &["outcome"],
+        "Config reloads, by outcome (ok, error)",
+    ),
+];
+
+/// The metric families, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// tollgate_connections_total
+    pub connections_total: IntCounterVec,
+    /// tollgate_connections_active
+    pub connections_active: IntGaugeVec,
+    /// tollgate_bytes_total
+    pub bytes_total: IntCounterVec,
+    /// tollgate_client_hello_failures_total
+    pub client_hello_failures_total: IntCounterVec,
+    /// tollgate_tls_handshakes_total
+    pub tls_handshakes_total: IntCounterVec,
+    /// tollgate_http_requests_total
+    pub http_requests_total: IntCounterVec,
+    /// tollgate_http_request_duration_seconds
+    pub http_request_duration_seconds: HistogramVec,
+    /// tollgate_backend_up
+    pub backend_up: IntGaugeVec,
+    /// tollgate_backend_connect_errors_total
+    pub backend_connect_errors_total: IntCounterVec,
+    /// tollgate_backend_connections_total
+    pub backend_connections_total: IntCounterVec,
+    /// tollgate_config_reloads_total
+    pub config_reloads_total: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn spec(name: &str) -> (&'static str, &'static [&'static str], &'static str) {
+    let Some((n, _, labels, help)) = METRICS.iter().find(|m| m.0 == name) else {
+        panic!("metric {name} is not in METRICS");
+    };
+    (n, labels, help)
+}
+
+fn counter(registry: &Registry, name: &str) -> IntCounterVec {
+    let (n, labels, help) = spec(name);
+    let vec = IntCounterVec::new(Opts::new(n, help), labels).expect("valid metric spec");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("unique metric");
+    vec
+}
+
+fn gauge(registry: &Registry, name: &str) -> IntGaugeVec {
+    let (n, labels, help) = spec(name);
+    let vec = IntGaugeVec::new(Opts::new(n, help), labels).expect("valid metric spec");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("unique metric");
+    vec
+}
+
+impl Metrics {
+    /// A fresh registry with every metric of [`METRICS`].
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let (n, labels, help) = spec("tollgate_http_request_duration_seconds");
+        let http_request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(n, help).buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            labels,
+        )
+        .expect("valid metric spec");
+        registry
+            .register(Box::new(http_request_duration_seconds.clone()))
+            .expect("unique metric");
+        Metrics {
+            connections_total: counter(&registry, "tollgate_connections_total"),
+            connections_active: gauge(&registry, "tollgate_connections_active"),
+            bytes_total: counter(&registry, "tollgate_bytes_total"),
+            client_hello_failures_total: counter(&registry, "tollgate_client_hello_failures_total"),
+            tls_handshakes_total: counter(&registry, "tollgate_tls_handshakes_total"),
+            http_requests_total: counter(&registry, "tollgate_http_requests_total"),
+            http_request_duration_seconds,
+            backend_up: gauge(&registry, "tollgate_backend_up"),
+            backend_connect_errors_total: counter(
+                &registry,
+                "tollgate_backend_connect_errors_total",
+            ),
+            backend_connections_total: counter(&registry, "tollgate_backend_connections_total"),
+            config_reloads_total: counter(&registry, "tollgate_config_reloads_total"),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let encoder = TextEncoder::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        if encoder.encode(&self.registry.gather(), &mut out).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,194 @@
+//! Hostname tables shared by every mode: the SNI table of a `tls` listener and the Host
+//! part of L7 routes. Lookup order: exact name, then the longest wildcard suffix
+//! (`*.example.com` matches any name ending in `.example.com`, at any depth, but not
+//! `example.com` itself), then the table's default. Names are compared ASCII
+//! case-insensitively and without a trailing dot.
+
+use std::collections::HashMap;
+
+/// Lower-cases `name` and drops one trailing dot: the form every table stores and looks up.
+pub fn normalize_host(name: &str) -> String {
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    trimmed.to_ascii_lowercase()
+}
+
+/// A hostname pattern: exact or `*.suffix`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// Matches only this name (normalized).
+    Exact(String),
+    /// Matches any name ending in `.suffix`; holds `.suffix` (normalized, with its dot).
+    Wildcard(String),
+}
+
+impl HostPattern {
+    /// Parses `name` or `*.suffix`. Returns `None` for a malformed pattern
+    /// (empty, a `*` anywhere but a leading `*.` label, spaces).
+    pub fn parse(pattern: &str) -> Option<HostPattern> {
+        let norm = normalize_host(pattern);
+        if norm.is_empty() || norm.contains(char::is_whitespace) {
+            return None;
+        }
+        if let Some(suffix) = norm.strip_prefix("*.") {
+            if suffix.is_empty() || suffix.contains('*') {
+                return None;
+            }
+            return Some(HostPattern::Wildcard(format!(".{suffix}")));
+        }
+        if norm.contains('*') {
+            return None;
+        }
+        Some(HostPattern::Exact(norm))
+    }
+
+    /// Whether `host` (already normalized) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(name) => name == host,
+            HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        }
+    }
+}
+
+/// Name → value table with exact entries, wildcard suffixes and a default.
+#[derive(Debug, Clone)]
+pub struct HostTable<T> {
+    exact: HashMap<String, T>,
+    /// `(".suffix", value)`, longest suffix first.
+    wildcards: Vec<(String, T)>,
+    default: Option<T>,
+}
+
+impl<T> Default for HostTable<T> {
+    fn default() -> Self {
+        HostTable {
+            exact: HashMap::new(),
+            wildcards: Vec::new(),
+            default: None,
+        }
+    }
+}
+
+impl<T> HostTable<T> {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an entry; a later entry for the same pattern replaces the earlier one.
+    pub fn insert(&mut self, pattern: HostPattern, value: T) {
+        match pattern {
+            HostPattern::Exact(name) => {
+                self.exact.insert(name, value);
+            }
+            HostPattern::Wildcard(suffix) => {
+                self.wildcards.retain(|(s, _)| *s != suffix);
+                self.wildcards.push((suffix, value));
+                self.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            }
+        }
+    }
+
+    /// Sets the value for names no entry matches (and for no name at all).
+    pub fn set_default(&mut self, value: T) {
+        self.default = Some(value);
+    }
+
+    /// The default value, if any.
+    pub fn default_value(&self) -> Option<&T> {
+        self.default.as_ref()
+    }
+
+    /// Looks `name` up: exact, longest wildcard, default. `None` name goes to the default.
+    pub fn lookup(&self, name: Option<&str>) -> Option<&T> {
+        let Some(name) = name else {
+            return self.default.as_ref();
+        };
+        self.lookup_named(name).or(self.default.as_ref())
+    }
+
+    /// Looks `name` up without falling back to the default.
+    pub fn lookup_named(&self, name: &str) -> Option<&T> {
+        let needs_norm = name.ends_with('.') || name.bytes().any(|b| b.is_ascii_uppercase());
+        let owned;
+        let host = if needs_norm {
+            owned = normalize_host(name);
+            owned.as_str()
+        } else {
+            name
+        };
+        if let Some(v) = self.exact.get(host) {
+            return Some(v);
+        }
+        self.wildcards
+            .iter()
+            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+            .map(|(_, v)| v)
+    }
+
+    /// Every value, default last.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.exact
+            .values()
+            .chain(self.wildcards.iter().map(|(_, v)| v))
+            .chain(self.default.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> HostTable<&'static str> {
+        let mut t = HostTable::new();
+        t.insert(HostPattern::parse("secure.example.com").unwrap(), "exact");
+        t.insert(HostPattern::parse("*.example.com").unwrap(), "wild");
+        t.insert(HostPattern::parse("*.eu.example.com").unwrap(), "wild-eu");
+        t.set_default("default");
+        t
+    }
+
+    #[test]
+    fn exact_beats_wildcard() {
+        assert_eq!(table().lookup(Some("secure.example.com")), Some(&"exact"));
+    }
+
+    #[test]
+    fn longest_wildcard_wins() {
+        let t = table();
+        assert_eq!(t.lookup(Some("a.eu.example.com")), Some(&"wild-eu"));
+        assert_eq!(t.lookup(Some("a.b.eu.example.com")), Some(&"wild-eu"));
+        assert_eq!(t.lookup(Some("a.example.com")), Some(&"wild"));
+        assert_eq!(t.lookup(Some("eu.example.com")), Some(&"wild"));
+    }
+
+    #[test]
+    fn wildcard_does_not_match_bare_suffix() {
+        assert_eq!(table().lookup(Some("example.com")), Some(&"default"));
+        assert_eq!(table().lookup_named("example.com"), None);
+    }
+
+    #[test]
+    fn case_and_trailing_dot_ignored() {
+        let t = table();
+        assert_eq!(t.lookup(Some("SECURE.Example.COM.")), Some(&"exact"));
+        assert_eq!(t.lookup(Some("X.EXAMPLE.com.")), Some(&"wild"));
+    }
+
+    #[test]
+    fn no_name_and_unknown_go_to_default() {
+        let t = table();
+        assert_eq!(t.lookup(None), Some(&"default"));
+        assert_eq!(t.lookup(Some("other.org")), Some(&"default"));
+        let empty: HostTable<u8> = HostTable::new();
+        assert_eq!(empty.lookup(Some("x")), None);
+        assert_eq!(empty.lookup(None), None);
+    }
+
+    #[test]
+    fn malformed_patterns_rejected() {
+        for bad in ["", "*", "*.", "a.*.com", "a b.com", "**.x"] {
+            assert_eq!(HostPattern::parse(bad), None, "{bad:?}");
+        }
+    }
+}
