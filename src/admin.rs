@@ -90,16 +90,32 @@ fn status_json(ctx: &Context) -> String {
                 .backends
                 .iter()
                 .map(|b| {
+                    let last = b.last_check().map(|c| {
+                        let at =
+                            c.at.duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_secs())
+                                .unwrap_or(0);
+                        serde_json::json!({ "ok": c.ok, "detail": c.detail, "at_unix": at })
+                    });
                     serde_json::json!({
                         "name": b.name,
                         "addr": b.addr.to_string(),
-                        "up": b.is_up(),
+                        "state": if b.is_up() { "up" } else { "down" },
                         "weight": b.weight,
+                        "draining": b.weight == 0,
                         "active": b.active(),
+                        "last_check": last,
                     })
                 })
                 .collect();
-            serde_json::json!({ "name": pool.name, "backends": backends })
+            serde_json::json!({
+                "name": pool.name,
+                "balance": format!("{:?}", pool.spec.balance),
+                "backend_connections": format!("{:?}", pool.spec.backend_connections),
+                "fail_open": pool.spec.fail_open,
+                "health": pool.spec.health.as_ref().map(|h| format!("{:?}", h.check)),
+                "backends": backends,
+            })
         })
         .collect();
     serde_json::json!({

@@ -187,3 +187,40 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docs_list_every_metric() {
+        let doc = include_str!("../docs/metrics.md");
+        for (name, kind, labels, _) in METRICS {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{name}` |")))
+                .unwrap_or_else(|| panic!("docs/metrics.md has no row for {name}"));
+            assert!(
+                row.contains(&format!("| {kind} |")),
+                "{name}: type {kind} not in its row"
+            );
+            for label in *labels {
+                assert!(
+                    row.contains(&format!("`{label}`")),
+                    "{name}: label {label} not in its row"
+                );
+            }
+        }
+        for line in doc.lines().filter(|l| l.starts_with("| `tollgate_")) {
+            let name = line
+                .trim_start_matches("| `")
+                .split('`')
+                .next()
+                .unwrap_or("");
+            assert!(
+                METRICS.iter().any(|m| m.0 == name),
+                "docs/metrics.md lists {name}, which src/metrics.rs does not export"
+            );
+        }
+    }
+}

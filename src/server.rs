@@ -86,6 +86,7 @@ pub struct Server {
     admin_addr: Option<SocketAddr>,
     accept_tasks: Vec<JoinHandle<()>>,
     admin_task: Option<JoinHandle<()>>,
+    health_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -136,6 +137,7 @@ impl Server {
                 task_ctx,
             )));
         }
+        let health_tasks = crate::upstream::health::spawn_all(ctx.state.load().pools.values());
         let (admin_addr, admin_task) = match admin {
             Some(socket) => {
                 let local = socket.local_addr().ok();
@@ -151,6 +153,7 @@ impl Server {
             admin_addr,
             accept_tasks,
             admin_task,
+            health_tasks,
         })
     }
 
@@ -210,6 +213,9 @@ impl Server {
             self.ctx.tracker.wait().await;
         }
         if let Some(task) = self.admin_task {
+            task.abort();
+        }
+        for task in self.health_tasks {
             task.abort();
         }
         drained

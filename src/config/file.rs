@@ -169,6 +169,8 @@ pub struct PoolFile {
     pub servers: Vec<ServerFile>,
     /// Active health check.
     pub health: Option<HealthFile>,
+    /// When every backend is down, keep trying all of them instead of refusing.
+    pub fail_open: Option<bool>,
 }
 
 /// One backend server.
@@ -199,6 +201,13 @@ pub struct HealthFile {
     pub rise: Option<u32>,
     /// Failures to mark a backend down.
     pub fall: Option<u32>,
+    /// Statuses an http check accepts (default: any 2xx).
+    pub expect_status: Option<Vec<u16>>,
+    /// Consecutive failed connects (or 5xx, with `passive_5xx`) that mark a backend down
+    /// between checks; default `fall`; 0 turns passive health off.
+    pub passive_fall: Option<u32>,
+    /// Count 5xx answers of an HTTP pool as passive failures (default false).
+    pub passive_5xx: Option<bool>,
 }
 
 /// `timeouts:` — each a duration string.

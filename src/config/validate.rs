@@ -162,6 +162,8 @@ pub struct PoolSpec {
     pub servers: Vec<ServerSpec>,
     /// Active health check.
     pub health: Option<HealthSpec>,
+    /// Keep trying every backend when all are down.
+    pub fail_open: bool,
 }
 
 /// One backend.
@@ -204,6 +206,12 @@ pub struct HealthSpec {
     pub rise: u32,
     /// Failures to go down.
     pub fall: u32,
+    /// Statuses an http check accepts (empty: any 2xx).
+    pub expect_status: Vec<u16>,
+    /// Consecutive passive failures that mark a backend down (0: off).
+    pub passive_fall: u32,
+    /// 5xx answers count as passive failures.
+    pub passive_5xx: bool,
 }
 
 /// All timeouts.
@@ -483,12 +491,14 @@ fn validate_pool(name: &str, pool: &PoolFile) -> Result<PoolSpec, ConfigError> {
         Some("least_conn") => Balance::LeastConn,
         Some("p2c") => Balance::P2c,
         Some("source_hash") => Balance::SourceHash,
-        Some(other) => return Err(ConfigError::new(
-            format!("{base}.balance"),
-            format!(
+        Some(other) => {
+            return Err(ConfigError::new(
+                format!("{base}.balance"),
+                format!(
                 "unknown algorithm {other:?} (round_robin, weighted, least_conn, p2c, source_hash)"
             ),
-        )),
+            ))
+        }
     };
     let backend_connections = match pool.backend_connections.as_deref() {
         None | Some("per_request") => BackendConnections::PerRequest,
@@ -533,6 +543,7 @@ fn validate_pool(name: &str, pool: &PoolFile) -> Result<PoolSpec, ConfigError> {
         idle_timeout,
         servers,
         health,
+        fail_open: pool.fail_open.unwrap_or(false),
     })
 }
 
@@ -587,12 +598,28 @@ fn validate_health(base: &str, h: &HealthFile) -> Result<HealthSpec, ConfigError
             "must be at least 1",
         ));
     }
+    let expect_status = h.expect_status.clone().unwrap_or_default();
+    if let Some(bad) = expect_status.iter().find(|s| !(100..=599).contains(*s)) {
+        return Err(ConfigError::new(
+            format!("{base}.expect_status"),
+            format!("{bad} is not an HTTP status"),
+        ));
+    }
+    if !expect_status.is_empty() && !matches!(check, CheckKind::Http { .. }) {
+        return Err(ConfigError::new(
+            format!("{base}.expect_status"),
+            "only used by check: http",
+        ));
+    }
     Ok(HealthSpec {
         check,
         interval,
         timeout,
         rise,
         fall,
+        expect_status,
+        passive_fall: h.passive_fall.unwrap_or(fall),
+        passive_5xx: h.passive_5xx.unwrap_or(false),
     })
 }
 

@@ -48,7 +48,6 @@ pub enum ForwardError {
 
 struct IdleConn {
     sender: SendRequest<ProxyBody>,
-    guard: BackendGuard,
     expires: Instant,
 }
 
@@ -76,6 +75,8 @@ pub struct Forwarded {
     pub response: Response<ProxyBody>,
     /// The backend's name.
     pub backend: String,
+    /// The backend's index in its pool.
+    pub index: usize,
 }
 
 impl PoolClient {
@@ -186,13 +187,11 @@ impl PoolClient {
             if candidate.expires <= Instant::now() || candidate.sender.is_closed() {
                 continue;
             }
-            let IdleConn {
-                mut sender, guard, ..
-            } = candidate;
+            let IdleConn { mut sender, .. } = candidate;
             // The previous response has been read to its end; readiness is immediate
             // unless the connection broke.
             match tokio::time::timeout(Duration::from_millis(100), sender.ready()).await {
-                Ok(Ok(())) => return Some((sender, guard)),
+                Ok(Ok(())) => return Some((sender, self.pool.acquire(index))),
                 _ => continue,
             }
         }
@@ -207,6 +206,7 @@ impl PoolClient {
         reusable: bool,
     ) -> Result<Forwarded, ForwardError> {
         let backend = guard.backend().name.clone();
+        let index = guard.index();
         let response =
             match tokio::time::timeout(response_timeout, sender.send_request(request)).await {
                 Ok(Ok(response)) => response,
@@ -219,22 +219,13 @@ impl PoolClient {
         let (parts, body) = response.into_parts();
         let body = if keep {
             let expires = self.expiry(&parts.headers);
-            let index = self
-                .pool
-                .backends
-                .iter()
-                .position(|b| std::ptr::eq(b, guard.backend()))
-                .unwrap_or(0);
             ReturningBody {
                 inner: body,
                 on_end: Some(ReturnToPool {
                     client: Arc::clone(self),
                     index,
-                    conn: IdleConn {
-                        sender,
-                        guard,
-                        expires,
-                    },
+                    conn: IdleConn { sender, expires },
+                    _guard: guard,
                 }),
             }
             .boxed_unsync()
@@ -249,6 +240,7 @@ impl PoolClient {
         Ok(Forwarded {
             response: Response::from_parts(parts, body),
             backend,
+            index,
         })
     }
 
@@ -320,6 +312,8 @@ struct ReturnToPool {
     client: Arc<PoolClient>,
     index: usize,
     conn: IdleConn,
+    /// Counts the connection as busy until its response body ends.
+    _guard: BackendGuard,
 }
 
 /// A backend response body that returns its connection to the pool once read to the end.

@@ -234,6 +234,9 @@ pub async fn handle(
     let mut response = forwarded.response;
     let status = response.status();
     rule.metrics.count(status, started);
+    rule.client
+        .pool()
+        .record_status(forwarded.index, status.as_u16());
     tracing::trace!(backend = %forwarded.backend, status = status.as_u16(), "forwarded");
 
     if status == StatusCode::SWITCHING_PROTOCOLS {

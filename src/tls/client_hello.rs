@@ -6,8 +6,7 @@
 use std::borrow::Cow;
 
 use tls_parser::{
-    parse_tls_client_hello_extensions, parse_tls_message_handshake, SNIType, TlsExtension,
-    TlsMessage, TlsMessageHandshake,
+    parse_tls_client_hello_extensions, parse_tls_handshake_client_hello, SNIType, TlsExtension,
 };
 
 /// Largest ClientHello stream (records and headers) the peek accepts.
@@ -180,22 +179,30 @@ fn incomplete(needed: usize) -> HelloParse {
 }
 
 /// Parses one complete handshake message that should be a ClientHello.
+///
+/// tls-parser is lenient in two places that would turn a damaged ClientHello into one
+/// without SNI (and so route it to the default): it drops an extensions block whose
+/// length overruns the message, and stops at the first extension it cannot parse. Both
+/// leave bytes unconsumed; any unconsumed byte makes the message malformed.
 fn parse_message(message: &[u8]) -> HelloParse {
-    let Ok((rest, parsed)) = parse_tls_message_handshake(message) else {
+    if message.len() < 4 || message[0] != HANDSHAKE_CLIENT_HELLO {
+        return HelloParse::Malformed;
+    }
+    let Ok((rest, hello)) = parse_tls_handshake_client_hello(&message[4..]) else {
         return HelloParse::Malformed;
     };
     if !rest.is_empty() {
         return HelloParse::Malformed;
     }
-    let TlsMessage::Handshake(TlsMessageHandshake::ClientHello(hello)) = parsed else {
-        return HelloParse::Malformed;
-    };
     let Some(ext_bytes) = hello.ext else {
         return HelloParse::NoSni { alpn: Vec::new() };
     };
-    let Ok((_, extensions)) = parse_tls_client_hello_extensions(ext_bytes) else {
+    let Ok((rest, extensions)) = parse_tls_client_hello_extensions(ext_bytes) else {
         return HelloParse::Malformed;
     };
+    if !rest.is_empty() {
+        return HelloParse::Malformed;
+    }
     let mut sni: Option<String> = None;
     let mut alpn: Vec<Vec<u8>> = Vec::new();
     for ext in extensions {

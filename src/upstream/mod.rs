@@ -3,6 +3,8 @@
 //! the first candidate that answers.
 
 pub mod balance;
+pub mod health;
+pub mod hysteresis;
 pub mod pool;
 
 pub use pool::{Backend, BackendGuard, Pool};

@@ -1,31 +1,53 @@
-//! A pool's runtime state: its backends (address, weight, up/down, open connections,
-//! pre-resolved metric handles) and `connect`, which walks the balancer's candidates
-//! under `timeouts.connect` until one accepts.
+//! A pool's runtime state: its backends (address, weight, up/down with hysteresis, open
+//! connections, last check, pre-resolved metric handles) and `connect`, which walks the
+//! balancer's candidates under `timeouts.connect` until one accepts. Failed connects
+//! (and, when configured, 5xx answers) count as passive health results.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use prometheus::{IntCounter, IntGauge};
 use tokio::net::TcpStream;
 
 use super::balance::{self, Balancer};
+use super::hysteresis::{Hysteresis, Transition};
 use crate::config::{PoolSpec, ServerSpec};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 
+/// The outcome of the last active check of a backend.
+#[derive(Debug, Clone)]
+pub struct LastCheck {
+    /// Whether it passed.
+    pub ok: bool,
+    /// What happened (`200`, `connection refused`, `timeout`, ...).
+    pub detail: String,
+    /// When it finished.
+    pub at: SystemTime,
+}
+
 /// One backend server and its live state.
 #[derive(Debug)]
 pub struct Backend {
+    /// Pool name (for logs).
+    pub pool: String,
     /// As written in the config (`host:port`).
     pub name: String,
     /// Resolved address.
     pub addr: SocketAddr,
-    /// Relative weight; 0 takes no new connections.
+    /// Relative weight; 0 takes no new connections (drain).
     pub weight: u32,
+    /// SNI for TLS checks.
+    pub sni: Option<String>,
+    rise: u32,
+    fall: u32,
     up: AtomicBool,
     active: AtomicUsize,
+    passive_failures: AtomicU32,
+    state: Mutex<Hysteresis>,
+    last_check: Mutex<Option<LastCheck>>,
     handles: Option<BackendMetrics>,
 }
 
@@ -39,6 +61,16 @@ struct BackendMetrics {
 impl Backend {
     /// A backend that starts up, with metric handles when `metrics` is given.
     pub fn new(pool: &str, spec: &ServerSpec, metrics: Option<&Metrics>) -> Self {
+        Self::with_thresholds(pool, spec, metrics, 1, 1)
+    }
+
+    fn with_thresholds(
+        pool: &str,
+        spec: &ServerSpec,
+        metrics: Option<&Metrics>,
+        rise: u32,
+        fall: u32,
+    ) -> Self {
         let handles = metrics.map(|m| {
             let labels = [pool, spec.name.as_str()];
             let up = m.backend_up.with_label_values(&labels);
@@ -50,11 +82,18 @@ impl Backend {
             }
         });
         Backend {
+            pool: pool.to_string(),
             name: spec.name.clone(),
             addr: spec.addr,
             weight: spec.weight,
+            sni: spec.sni.clone(),
+            rise,
+            fall,
             up: AtomicBool::new(true),
             active: AtomicUsize::new(0),
+            passive_failures: AtomicU32::new(0),
+            state: Mutex::new(Hysteresis::new(rise, fall, true)),
+            last_check: Mutex::new(None),
             handles,
         }
     }
@@ -64,13 +103,76 @@ impl Backend {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Marks the backend up or down; returns the previous state.
+    /// Marks the backend up or down by hand (tests, admin); returns the previous state.
     pub fn set_up(&self, up: bool) -> bool {
+        if let Ok(mut state) = self.state.lock() {
+            *state = Hysteresis::new(self.rise, self.fall, up);
+        }
+        self.publish(up)
+    }
+
+    fn publish(&self, up: bool) -> bool {
         let before = self.up.swap(up, Ordering::Relaxed);
         if let Some(h) = &self.handles {
             h.up.set(i64::from(up));
         }
         before
+    }
+
+    fn apply(&self, transition: Option<Transition>, why: &str) {
+        match transition {
+            Some(Transition::Up) => {
+                self.publish(true);
+                self.passive_failures.store(0, Ordering::Relaxed);
+                tracing::info!(pool = %self.pool, backend = %self.name, why, "backend is up");
+            }
+            Some(Transition::Down) => {
+                self.publish(false);
+                tracing::warn!(pool = %self.pool, backend = %self.name, why, "backend is down");
+            }
+            None => {}
+        }
+    }
+
+    /// Records an active check result through the hysteresis.
+    pub fn record_check(&self, ok: bool, detail: String) {
+        let transition = match self.state.lock() {
+            Ok(mut state) => state.record(ok),
+            Err(_) => None,
+        };
+        self.apply(transition, &detail);
+        if let Ok(mut last) = self.last_check.lock() {
+            *last = Some(LastCheck {
+                ok,
+                detail,
+                at: SystemTime::now(),
+            });
+        }
+    }
+
+    /// Records a passive result (a connect or a response); `passive_fall` consecutive
+    /// failures mark the backend down until active checks bring it back. 0 disables.
+    pub fn record_passive(&self, ok: bool, passive_fall: u32, what: &str) {
+        if passive_fall == 0 {
+            return;
+        }
+        if ok {
+            self.passive_failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let failures = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= passive_fall && self.is_up() {
+            let transition = match self.state.lock() {
+                Ok(mut state) => state.force_down(),
+                Err(_) => None,
+            };
+            self.apply(transition, &format!("{failures} consecutive {what}"));
+        }
+    }
+
+    /// The last active check, if any ran.
+    pub fn last_check(&self) -> Option<LastCheck> {
+        self.last_check.lock().ok().and_then(|l| l.clone())
     }
 
     /// Whether it may take a new connection: up and weight above 0.
@@ -83,15 +185,19 @@ impl Backend {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Counts a new connection to it.
-    pub fn count_connection(&self) {
+    /// Adds to the open-connection count (balancer tests).
+    #[doc(hidden)]
+    pub fn add_active(&self, n: usize) {
+        self.active.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn count_connection(&self) {
         if let Some(h) = &self.handles {
             h.connections.inc();
         }
     }
 
-    /// Counts a failed connect.
-    pub fn count_connect_error(&self) {
+    fn count_connect_error(&self) {
         if let Some(h) = &self.handles {
             h.connect_errors.inc();
         }
@@ -101,20 +207,25 @@ impl Backend {
 /// Holds one open-connection count on a backend until dropped.
 #[derive(Debug)]
 pub struct BackendGuard {
-    backend: Arc<Pool>,
+    pool: Arc<Pool>,
     index: usize,
 }
 
 impl BackendGuard {
     /// The backend this guard counts on.
     pub fn backend(&self) -> &Backend {
-        &self.backend.backends[self.index]
+        &self.pool.backends[self.index]
+    }
+
+    /// The backend's index in its pool.
+    pub fn index(&self) -> usize {
+        self.index
     }
 }
 
 impl Drop for BackendGuard {
     fn drop(&mut self) {
-        self.backend.backends[self.index]
+        self.pool.backends[self.index]
             .active
             .fetch_sub(1, Ordering::Relaxed);
     }
@@ -135,23 +246,66 @@ pub struct Pool {
 impl Pool {
     /// Builds a pool from its spec.
     pub fn new(spec: &PoolSpec, metrics: Option<&Metrics>) -> Self {
+        let (rise, fall) = spec.health.as_ref().map_or((1, 1), |h| (h.rise, h.fall));
         Pool {
             name: spec.name.clone(),
             backends: spec
                 .servers
                 .iter()
-                .map(|s| Backend::new(&spec.name, s, metrics))
+                .map(|s| Backend::with_thresholds(&spec.name, s, metrics, rise, fall))
                 .collect(),
             spec: spec.clone(),
-            balancer: balance::for_algorithm(spec.balance),
+            balancer: balance::for_algorithm(spec.balance, spec.servers.len()),
         }
     }
 
-    /// The backends to try for one connection, best first (only eligible ones).
+    /// The backends to try for one connection, best first. Only up backends with a
+    /// weight above 0; with `fail_open` and none up, every backend with a weight.
     pub fn candidates(&self, client: Option<SocketAddr>) -> Vec<usize> {
         let mut out = Vec::with_capacity(self.backends.len());
-        self.balancer.candidates(&self.backends, client, &mut out);
+        let any_up = self.backends.iter().any(Backend::accepts_new);
+        if any_up || !self.spec.fail_open {
+            self.balancer.candidates(
+                &self.backends,
+                &|i| self.backends[i].accepts_new(),
+                client,
+                &mut out,
+            );
+        } else {
+            self.balancer.candidates(
+                &self.backends,
+                &|i| self.backends[i].weight > 0,
+                client,
+                &mut out,
+            );
+        }
         out
+    }
+
+    /// Counts an open connection on backend `index` until the guard drops.
+    pub fn acquire(self: &Arc<Self>, index: usize) -> BackendGuard {
+        self.backends[index].active.fetch_add(1, Ordering::Relaxed);
+        BackendGuard {
+            pool: Arc::clone(self),
+            index,
+        }
+    }
+
+    fn passive_fall(&self) -> u32 {
+        self.spec.health.as_ref().map_or(0, |h| h.passive_fall)
+    }
+
+    /// Records an HTTP answer of backend `index` for passive health (5xx, if configured).
+    pub fn record_status(&self, index: usize, status: u16) {
+        let Some(health) = &self.spec.health else {
+            return;
+        };
+        if !health.passive_5xx {
+            return;
+        }
+        if let Some(backend) = self.backends.get(index) {
+            backend.record_passive(status < 500, health.passive_fall, "5xx answers");
+        }
     }
 
     /// Connects to the first candidate that accepts within `timeout`, trying each in
@@ -167,30 +321,23 @@ impl Pool {
                 pool: self.name.clone(),
             });
         }
+        let passive_fall = self.passive_fall();
         for &index in &candidates {
             let backend = &self.backends[index];
-            match tokio::time::timeout(timeout, TcpStream::connect(backend.addr)).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    backend.active.fetch_add(1, Ordering::Relaxed);
-                    backend.count_connection();
-                    return Ok((
-                        stream,
-                        BackendGuard {
-                            backend: Arc::clone(self),
-                            index,
-                        },
-                    ));
-                }
-                Ok(Err(err)) => {
-                    backend.count_connect_error();
-                    tracing::warn!(pool = %self.name, backend = %backend.name, error = %err, "backend connect failed");
-                }
-                Err(_) => {
-                    backend.count_connect_error();
-                    tracing::warn!(pool = %self.name, backend = %backend.name, timeout_ms = timeout.as_millis() as u64, "backend connect timed out");
-                }
-            }
+            let failure =
+                match tokio::time::timeout(timeout, TcpStream::connect(backend.addr)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = stream.set_nodelay(true);
+                        backend.count_connection();
+                        backend.record_passive(true, passive_fall, "connect failures");
+                        return Ok((stream, self.acquire(index)));
+                    }
+                    Ok(Err(err)) => err.to_string(),
+                    Err(_) => format!("no answer within {}ms", timeout.as_millis()),
+                };
+            backend.count_connect_error();
+            backend.record_passive(false, passive_fall, "connect failures");
+            tracing::warn!(pool = %self.name, backend = %backend.name, error = %failure, "backend connect failed");
         }
         Err(ProxyError::AllConnectsFailed {
             pool: self.name.clone(),
