@@ -19,6 +19,7 @@
 //!   operators see. [`origin`] and [`demo`]: the built-in backend and the demo edge.
 
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod error;

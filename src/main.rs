@@ -40,6 +40,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
     },
+    /// Load generator: closed or open loop (--rate), keep-alive or a new connection per
+    /// request, TLS; prints requests/s and latency percentiles (HdrHistogram).
+    Bench(BenchArgs),
     /// The built-in origin server: answers every path with a small body naming itself;
     /// `GET /health` answers 200, `POST /echo` echoes the body.
     Backend {
@@ -65,6 +68,120 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Target URL (http:// or https://).
+    url: String,
+    /// Concurrent connections.
+    #[arg(short, long, default_value_t = 50)]
+    connections: usize,
+    /// Measured duration (500ms, 10s, 2m).
+    #[arg(short, long, default_value = "10s", value_parser = parse_duration_arg)]
+    duration: Duration,
+    /// Load generator threads (default: one per core).
+    #[arg(short, long)]
+    threads: Option<usize>,
+    /// Open loop: total requests per second, latency corrected for coordinated omission.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// A new connection for every request (Connection: close).
+    #[arg(long)]
+    new_connection: bool,
+    /// With --new-connection: a full TLS handshake each time (no session resumption).
+    #[arg(long)]
+    no_resume: bool,
+    /// TLS server name (default: the URL's host).
+    #[arg(long)]
+    sni: Option<String>,
+    /// PEM file of the CA to trust for https.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// Accept any server certificate.
+    #[arg(short = 'k', long)]
+    insecure: bool,
+    /// Connect to this address instead of resolving the URL's host.
+    #[arg(long)]
+    connect_to: Option<SocketAddr>,
+    /// Status every response must have (default: any 2xx).
+    #[arg(long)]
+    expect_status: Option<u16>,
+    /// Body length every response must have (default: the first answer's).
+    #[arg(long)]
+    expect_length: Option<u64>,
+    /// Per-request timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration_arg)]
+    timeout: Duration,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+    tollgate::config::validate::parse_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration (500ms, 10s, 2m)"))
+}
+
+fn run_bench(args: BenchArgs) -> Result<ExitCode> {
+    use tollgate::bench::load::{self, LoadOptions};
+    let options = LoadOptions {
+        url: args.url.clone(),
+        connect_to: args.connect_to,
+        connections: args.connections.max(1),
+        duration: args.duration,
+        rate: args.rate,
+        new_connection: args.new_connection,
+        resume: !args.no_resume,
+        sni: args.sni,
+        cacert: args.cacert,
+        insecure: args.insecure,
+        expect_status: args.expect_status,
+        expect_length: args.expect_length,
+        timeout: args.timeout,
+    };
+    let mode = format!(
+        "{} connections, {}, {}",
+        options.connections,
+        if options.new_connection {
+            if options.resume {
+                "new connection per request"
+            } else {
+                "new connection per request, no TLS resumption"
+            }
+        } else {
+            "keep-alive"
+        },
+        match options.rate {
+            Some(r) => format!("open loop at {r} req/s"),
+            None => "closed loop".to_string(),
+        }
+    );
+    eprintln!("bench {} for {:?} ({mode})", args.url, options.duration);
+    let bar = indicatif::ProgressBar::new(options.duration.as_millis() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {elapsed}/{duration} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let rt = runtime(args.threads)?;
+    let progress_bar = bar.clone();
+    let result = rt.block_on(load::run(options, move |elapsed, requests| {
+        progress_bar.set_position(elapsed.as_millis() as u64);
+        progress_bar.set_message(format!("{requests} requests"));
+    }))?;
+    bar.finish_and_clear();
+    print!("{}", result.render_text());
+    if result.open_loop {
+        println!(
+            "  (* latency from each request's intended send time: coordinated omission corrected)"
+        );
+    }
+    if let Some(path) = args.json {
+        let json = result.to_json(&args.url);
+        std::fs::write(&path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging() {
@@ -120,6 +237,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Bench(args) => run_bench(args),
         Command::Check { config } => {
             let loaded = tollgate::config::load(&config).and_then(|c| {
                 tollgate::server::Snapshot::build(

@@ -84,7 +84,7 @@ impl<T> HostTable<T> {
             HostPattern::Wildcard(suffix) => {
                 self.wildcards.retain(|(s, _)| *s != suffix);
                 self.wildcards.push((suffix, value));
-                self.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                self.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
             }
         }
     }

@@ -163,13 +163,21 @@ fn parse_status(bytes: &[u8]) -> Option<u16> {
 /// A TLS client for checks: the provider's algorithms, any certificate.
 pub fn tls_client() -> TlsConnector {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("aws-lc-rs supports the default TLS versions")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_custom_certificate_verifier(any_certificate_verifier())
         .with_no_client_auth();
     TlsConnector::from(Arc::new(config))
+}
+
+/// A verifier that accepts any certificate (checks and `bench --insecure`), still
+/// checking handshake signatures.
+pub fn any_certificate_verifier() -> Arc<dyn ServerCertVerifier> {
+    Arc::new(AnyCertificate(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    )))
 }
 
 /// Accepts any server certificate but still checks handshake signatures.

@@ -1,0 +1,579 @@
+//! The load generator behind `tollgate bench`: HTTP/1.1 over TCP or TLS (rustls),
+//! `connections` concurrent connections, closed loop (each connection sends its next
+//! request when the previous answer is complete) or open loop at a fixed total rate with
+//! latency measured from each request's intended send time (coordinated omission
+//! corrected, as wrk2 does). Keep-alive or a new connection per request, with or
+//! without TLS session resumption. Every response's status and body length are
+//! checked; anything else counts as an error. Latencies go into an HdrHistogram.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Uri};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+/// Highest latency the histogram records (60 s, in microseconds).
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Target URL (`http://` or `https://`).
+    pub url: String,
+    /// Connect here instead of resolving the URL's host (like curl's `--resolve`).
+    pub connect_to: Option<SocketAddr>,
+    /// Concurrent connections.
+    pub connections: usize,
+    /// Measured duration.
+    pub duration: Duration,
+    /// Open loop at this many requests per second in total (`None`: closed loop).
+    pub rate: Option<f64>,
+    /// A new connection for every request (`Connection: close`).
+    pub new_connection: bool,
+    /// TLS session resumption on reconnects (with `new_connection`).
+    pub resume: bool,
+    /// SNI / certificate name (default: the URL's host).
+    pub sni: Option<String>,
+    /// CA file to trust (PEM); needed for https unless `insecure`.
+    pub cacert: Option<PathBuf>,
+    /// Accept any server certificate.
+    pub insecure: bool,
+    /// Status every response must have (default: any 2xx).
+    pub expect_status: Option<u16>,
+    /// Body length every response must have (default: the first good response's).
+    pub expect_length: Option<u64>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+/// Errors that stop a run before it starts.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The URL cannot be used.
+    #[error("URL {url:?}: {why}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        why: String,
+    },
+    /// The CA file.
+    #[error("--cacert {path}: {why}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// Name resolution.
+    #[error("cannot resolve {host}: {why}")]
+    Resolve {
+        /// The host.
+        host: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Counts of failed requests by kind.
+#[derive(Debug, Default)]
+pub struct ErrorCounts {
+    /// TCP connect failed.
+    pub connect: AtomicU64,
+    /// TLS handshake failed.
+    pub tls: AtomicU64,
+    /// The exchange broke (reset, EOF, protocol error).
+    pub io: AtomicU64,
+    /// Unexpected status.
+    pub status: AtomicU64,
+    /// Unexpected body length.
+    pub length: AtomicU64,
+    /// No complete answer within the timeout.
+    pub timeout: AtomicU64,
+}
+
+impl ErrorCounts {
+    /// (kind, count) pairs.
+    pub fn pairs(&self) -> [(&'static str, u64); 6] {
+        [
+            ("connect", self.connect.load(Ordering::Relaxed)),
+            ("tls", self.tls.load(Ordering::Relaxed)),
+            ("io", self.io.load(Ordering::Relaxed)),
+            ("status", self.status.load(Ordering::Relaxed)),
+            ("length", self.length.load(Ordering::Relaxed)),
+            ("timeout", self.timeout.load(Ordering::Relaxed)),
+        ]
+    }
+
+    /// All errors.
+    pub fn total(&self) -> u64 {
+        self.pairs().iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct LoadResult {
+    /// Requests answered correctly.
+    pub requests: u64,
+    /// Body bytes received (correct answers).
+    pub bytes: u64,
+    /// Failed requests by kind.
+    pub errors: ErrorCounts,
+    /// Wall time from the first request to the last answer.
+    pub elapsed: Duration,
+    /// Latency of correct answers, microseconds.
+    pub latency_us: Histogram<u64>,
+    /// Whether the run was open loop.
+    pub open_loop: bool,
+}
+
+impl LoadResult {
+    /// Correct answers per second.
+    pub fn requests_per_sec(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.requests as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Latency at quantile `q` in milliseconds.
+    pub fn latency_ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// The human summary `tollgate bench` prints.
+    pub fn render_text(&self) -> String {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let mut errors: Vec<String> = self
+            .errors
+            .pairs()
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        if errors.is_empty() {
+            errors.push("none".to_string());
+        }
+        format!(
+            "  requests     {} in {:.2}s\n  requests/s   {:.1}\n  transfer/s   {:.2} MB (bodies)\n  errors       {} ({})\n  latency{}    p50 {:.3}ms  p90 {:.3}ms  p99 {:.3}ms  p99.9 {:.3}ms  max {:.3}ms\n",
+            self.requests,
+            secs,
+            self.requests_per_sec(),
+            self.bytes as f64 / secs / 1e6,
+            self.errors.total(),
+            errors.join(", "),
+            if self.open_loop { "*" } else { " " },
+            self.latency_ms(0.50),
+            self.latency_ms(0.90),
+            self.latency_ms(0.99),
+            self.latency_ms(0.999),
+            self.latency_us.max() as f64 / 1000.0,
+        )
+    }
+
+    /// The JSON summary (`requests_per_sec`, `errors`, `latency_ms.{p50,p90,p99,p999,max}`).
+    pub fn to_json(&self, url: &str) -> serde_json::Value {
+        let by_kind: serde_json::Map<String, serde_json::Value> = self
+            .errors
+            .pairs()
+            .iter()
+            .map(|(k, n)| (k.to_string(), serde_json::json!(n)))
+            .collect();
+        serde_json::json!({
+            "url": url,
+            "requests": self.requests,
+            "duration_s": self.elapsed.as_secs_f64(),
+            "requests_per_sec": self.requests_per_sec(),
+            "bytes_per_sec": self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            "errors": self.errors.total(),
+            "errors_by_kind": by_kind,
+            "open_loop": self.open_loop,
+            "latency_ms": {
+                "p50": self.latency_ms(0.50),
+                "p90": self.latency_ms(0.90),
+                "p99": self.latency_ms(0.99),
+                "p999": self.latency_ms(0.999),
+                "max": self.latency_us.max() as f64 / 1000.0,
+                "mean": self.latency_us.mean() / 1000.0,
+            },
+        })
+    }
+}
+
+/// The parsed target.
+#[derive(Clone)]
+struct Target {
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    addr: SocketAddr,
+    host_header: String,
+    path: String,
+}
+
+async fn target(options: &LoadOptions) -> Result<Target, BenchError> {
+    let bad = |why: &str| BenchError::Url {
+        url: options.url.clone(),
+        why: why.to_string(),
+    };
+    let uri: Uri = options.url.parse().map_err(|_| bad("not a URL"))?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(bad("scheme must be http or https")),
+    };
+    let host = uri.host().ok_or_else(|| bad("no host"))?.to_string();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let path = uri
+        .path_and_query()
+        .map_or("/".to_string(), |pq| pq.as_str().to_string());
+    let host_header = match uri.port_u16() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.clone(),
+    };
+    let addr = match options.connect_to {
+        Some(a) => a,
+        None => {
+            let host_for_dns = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let mut addrs = tokio::net::lookup_host((host_for_dns.as_str(), port))
+                .await
+                .map_err(|e| BenchError::Resolve {
+                    host: host.clone(),
+                    why: e.to_string(),
+                })?;
+            addrs.next().ok_or_else(|| BenchError::Resolve {
+                host: host.clone(),
+                why: "no address".to_string(),
+            })?
+        }
+    };
+    let tls = if https {
+        let name_text = options.sni.clone().unwrap_or_else(|| {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        });
+        let name = ServerName::try_from(name_text).map_err(|_| bad("SNI is not a valid name"))?;
+        Some((TlsConnector::from(client_config(options)?), name))
+    } else {
+        None
+    };
+    Ok(Target {
+        tls,
+        addr,
+        host_header,
+        path,
+    })
+}
+
+fn client_config(options: &LoadOptions) -> Result<Arc<rustls::ClientConfig>, BenchError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BenchError::Url {
+            url: options.url.clone(),
+            why: e.to_string(),
+        })?;
+    let mut config = if options.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(crate::upstream::health::any_certificate_verifier())
+            .with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        let Some(path) = &options.cacert else {
+            return Err(BenchError::CaFile {
+                path: PathBuf::from("(none)"),
+                why: "https needs --cacert FILE (or --insecure)".to_string(),
+            });
+        };
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(|e| {
+            BenchError::CaFile {
+                path: path.clone(),
+                why: e.to_string(),
+            }
+        })?;
+        for cert in certs {
+            let cert = cert.map_err(|e| BenchError::CaFile {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
+            roots.add(cert).map_err(|e| BenchError::CaFile {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if !options.resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(Arc::new(config))
+}
+
+/// Shared state of one run.
+struct Shared {
+    target: Target,
+    options: LoadOptions,
+    errors: ErrorCounts,
+    requests: AtomicU64,
+    /// Expected body length, learned from the first good answer when not given (+1; 0 = unknown).
+    expect_length: AtomicU64,
+}
+
+type Sender = SendRequest<Empty<Bytes>>;
+
+async fn open(shared: &Shared) -> Option<Sender> {
+    let stream = match TcpStream::connect(shared.target.addr).await {
+        Ok(s) => s,
+        Err(_) => {
+            shared.errors.connect.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    match &shared.target.tls {
+        Some((connector, name)) => {
+            let tls = match connector.connect(name.clone(), stream).await {
+                Ok(t) => t,
+                Err(_) => {
+                    shared.errors.tls.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            };
+            handshake(shared, TokioIo::new(tls)).await
+        }
+        None => handshake(shared, TokioIo::new(stream)).await,
+    }
+}
+
+async fn handshake<I>(shared: &Shared, io: I) -> Option<Sender>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    match hyper::client::conn::http1::handshake(io).await {
+        Ok((sender, conn)) => {
+            tokio::spawn(conn);
+            Some(sender)
+        }
+        Err(_) => {
+            shared.errors.io.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// Sends one request and checks the answer; returns the body length when correct.
+async fn exchange(shared: &Shared, sender: &mut Sender) -> Result<u64, ()> {
+    let mut builder = Request::get(shared.target.path.as_str())
+        .header("host", shared.target.host_header.as_str());
+    if shared.options.new_connection {
+        builder = builder.header("connection", "close");
+    }
+    let Ok(request) = builder.body(Empty::<Bytes>::new()) else {
+        shared.errors.io.fetch_add(1, Ordering::Relaxed);
+        return Err(());
+    };
+    let work = async {
+        sender.ready().await.map_err(|_| "io")?;
+        let response = sender.send_request(request).await.map_err(|_| "io")?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|_| "io")?
+            .to_bytes();
+        Ok::<_, &str>((status, body.len() as u64))
+    };
+    let (status, len) = match tokio::time::timeout(shared.options.timeout, work).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(_)) => {
+            shared.errors.io.fetch_add(1, Ordering::Relaxed);
+            return Err(());
+        }
+        Err(_) => {
+            shared.errors.timeout.fetch_add(1, Ordering::Relaxed);
+            return Err(());
+        }
+    };
+    let status_ok = match shared.options.expect_status {
+        Some(s) => status == s,
+        None => (200..300).contains(&status),
+    };
+    if !status_ok {
+        shared.errors.status.fetch_add(1, Ordering::Relaxed);
+        return Err(());
+    }
+    let expected = match shared.expect_length.load(Ordering::Relaxed) {
+        0 => {
+            // First good answer sets the expectation for the rest of the run.
+            let _ = shared.expect_length.compare_exchange(
+                0,
+                len + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            shared.expect_length.load(Ordering::Relaxed) - 1
+        }
+        n => n - 1,
+    };
+    if len != expected {
+        shared.errors.length.fetch_add(1, Ordering::Relaxed);
+        return Err(());
+    }
+    Ok(len)
+}
+
+/// One connection's loop; returns its histogram and body bytes.
+async fn connection_loop(
+    shared: Arc<Shared>,
+    index: usize,
+    start: Instant,
+    end: Instant,
+) -> (Histogram<u64>, u64) {
+    let mut hist = new_histogram();
+    let mut bytes = 0u64;
+    let interval = shared
+        .options
+        .rate
+        .map(|r| Duration::from_secs_f64(shared.options.connections as f64 / r.max(1e-9)));
+    // Open loop: spread the connections' schedules over one interval.
+    let mut intended = match interval {
+        Some(i) => start + i.mul_f64(index as f64 / shared.options.connections as f64),
+        None => start,
+    };
+    let mut sender: Option<Sender> = None;
+    loop {
+        if interval.is_some() {
+            if intended >= end {
+                break;
+            }
+            if Instant::now() < intended {
+                tokio::time::sleep_until(intended).await;
+            }
+        } else if Instant::now() >= end {
+            break;
+        }
+        let began = match interval {
+            Some(_) => intended,
+            None => Instant::now(),
+        };
+        if let Some(i) = interval {
+            intended += i;
+        }
+        let mut conn = match sender.take() {
+            Some(s) if !s.is_closed() => s,
+            _ => match open(&shared).await {
+                Some(s) => s,
+                None => {
+                    // Do not spin on a refused connect.
+                    if interval.is_none() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    continue;
+                }
+            },
+        };
+        if let Ok(len) = exchange(&shared, &mut conn).await {
+            let us = began.elapsed().as_micros() as u64;
+            let _ = hist.record(us.clamp(1, MAX_LATENCY_US));
+            bytes += len;
+            shared.requests.fetch_add(1, Ordering::Relaxed);
+            if !shared.options.new_connection {
+                sender = Some(conn);
+            }
+        }
+    }
+    (hist, bytes)
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Bounds are constants within hdrhistogram's limits.
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
+/// Runs the load; `progress` is called about every 100 ms with (elapsed, requests).
+pub async fn run(
+    options: LoadOptions,
+    progress: impl Fn(Duration, u64) + Send + 'static,
+) -> Result<LoadResult, BenchError> {
+    let target = target(&options).await?;
+    let shared = Arc::new(Shared {
+        target,
+        expect_length: AtomicU64::new(options.expect_length.map_or(0, |l| l + 1)),
+        options,
+        errors: ErrorCounts::default(),
+        requests: AtomicU64::new(0),
+    });
+    let start = Instant::now();
+    let end = start + shared.options.duration;
+    let mut tasks = Vec::with_capacity(shared.options.connections);
+    for index in 0..shared.options.connections.max(1) {
+        tasks.push(tokio::spawn(connection_loop(
+            Arc::clone(&shared),
+            index,
+            start,
+            end,
+        )));
+    }
+    let ticker_shared = Arc::clone(&shared);
+    let ticker = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            progress(
+                start.elapsed(),
+                ticker_shared.requests.load(Ordering::Relaxed),
+            );
+        }
+    });
+    let mut latency_us = new_histogram();
+    let mut bytes = 0;
+    for task in tasks {
+        if let Ok((hist, b)) = task.await {
+            let _ = latency_us.add(&hist);
+            bytes += b;
+        }
+    }
+    ticker.abort();
+    let elapsed = start.elapsed();
+    let open_loop = shared.options.rate.is_some();
+    let requests = shared.requests.load(Ordering::Relaxed);
+    let errors = match Arc::try_unwrap(shared) {
+        Ok(s) => s.errors,
+        Err(still_shared) => ErrorCounts {
+            connect: AtomicU64::new(still_shared.errors.connect.load(Ordering::Relaxed)),
+            tls: AtomicU64::new(still_shared.errors.tls.load(Ordering::Relaxed)),
+            io: AtomicU64::new(still_shared.errors.io.load(Ordering::Relaxed)),
+            status: AtomicU64::new(still_shared.errors.status.load(Ordering::Relaxed)),
+            length: AtomicU64::new(still_shared.errors.length.load(Ordering::Relaxed)),
+            timeout: AtomicU64::new(still_shared.errors.timeout.load(Ordering::Relaxed)),
+        },
+    };
+    Ok(LoadResult {
+        requests,
+        bytes,
+        errors,
+        elapsed,
+        latency_us,
+        open_loop,
+    })
+}
