@@ -1,5 +1,6 @@
 //! The admin listener: `GET /metrics` (Prometheus text), `GET /healthz` (200 while
-//! serving, 503 while draining) and `GET /status` (JSON: listeners, pools, backends).
+//! serving, 503 while draining), `GET /status` (JSON: listeners, pools, backends) and
+//! `POST /reload` (re-read the config file, like SIGHUP).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,12 +26,29 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let ctx = Arc::clone(&ctx);
-                async move { Ok::<_, Infallible>(answer(&req, &ctx)) }
+                async move {
+                    if req.method() == Method::POST && req.uri().path() == "/reload" {
+                        return Ok::<_, Infallible>(reload(&ctx).await);
+                    }
+                    Ok::<_, Infallible>(answer(&req, &ctx))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// `POST /reload`: re-reads the config file; 200 `reloaded` or 500 with the error.
+async fn reload(ctx: &Arc<Context>) -> Response<Full<Bytes>> {
+    match ctx.reload_file().await {
+        Ok(()) => reply(StatusCode::OK, "text/plain", "reloaded\n".into()),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("reload refused: {e}\n"),
+        ),
     }
 }
 
@@ -48,7 +66,7 @@ fn answer(req: &Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "GET only\n".into(),
+            "GET, or POST /reload\n".into(),
         );
     }
     match req.uri().path() {

@@ -18,6 +18,7 @@
 //! - [`config`]: the YAML model and its validation; [`metrics`] and [`admin`]: what
 //!   operators see. [`origin`] and [`demo`]: the built-in backend and the demo edge.
 
+pub mod access_log;
 pub mod admin;
 pub mod bench;
 pub mod config;

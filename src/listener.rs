@@ -13,9 +13,12 @@ use prometheus::{IntCounter, IntGauge};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::access_log::{AccessLog, Record};
 use crate::config::{ListenerKind, ListenerSpec, SniAction};
+use crate::error::{Fault, ProxyError};
 use crate::l4::passthrough;
 use crate::metrics::Metrics;
 use crate::server::{Context, Snapshot};
@@ -162,23 +165,27 @@ impl Drop for ActiveConnection {
     }
 }
 
-/// Runs the accept loop of listener `index` until shutdown.
+/// Runs the accept loop of listener `name` until shutdown or `stop` (a reload removed
+/// it). Each connection is served with the snapshot current when it was accepted.
 pub async fn accept_loop(
     listener: TcpListener,
-    index: usize,
+    name: String,
     max_connections: usize,
     ctx: Arc<Context>,
+    stop: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(max_connections));
     loop {
         let permit = tokio::select! {
             p = Arc::clone(&permits).acquire_owned() => p,
             _ = ctx.shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
         };
         let Ok(permit) = permit else { break };
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = ctx.shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -192,6 +199,9 @@ pub async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let snapshot = ctx.state.load_full();
         let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+        let Some(&index) = snapshot.listener_index.get(&name) else {
+            continue;
+        };
         let Some(listener_rt) = snapshot.listeners.get(index) else {
             continue;
         };
@@ -232,7 +242,12 @@ async fn handle(
     };
     match &listener.spec.kind {
         ListenerKind::Tcp { pool } => {
-            splice_to_pool(stream, peer, &[], pool, Mode::Tcp, listener, &snapshot).await;
+            let origin = Origin {
+                peer,
+                sni: None,
+                access: &ctx.access_log,
+            };
+            splice_to_pool(stream, origin, &[], pool, Mode::Tcp, listener, &snapshot).await;
         }
         ListenerKind::Tls { sni } => {
             handle_tls(stream, peer, sni, listener, &snapshot, &ctx).await;
@@ -273,9 +288,14 @@ async fn handle_tls(
     span.record("sni", name.unwrap_or(""));
     match sni.lookup(name) {
         Some(SniAction::Passthrough(pool)) => {
+            let origin = Origin {
+                peer,
+                sni: name,
+                access: &ctx.access_log,
+            };
             splice_to_pool(
                 stream,
-                peer,
+                origin,
                 &hello.buffered,
                 pool,
                 Mode::Passthrough,
@@ -304,15 +324,24 @@ async fn handle_tls(
     }
 }
 
+/// Who a spliced connection is, for the access log.
+struct Origin<'a> {
+    peer: SocketAddr,
+    sni: Option<&'a str>,
+    access: &'a AccessLog,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn splice_to_pool(
     stream: TcpStream,
-    peer: SocketAddr,
+    origin: Origin<'_>,
     replay: &[u8],
     pool_name: &str,
     mode: Mode,
     listener: &ListenerRuntime,
     snapshot: &Arc<Snapshot>,
 ) {
+    let peer = origin.peer;
     let Some(pool) = snapshot.pools.get(pool_name) else {
         listener.counters.rejected();
         tracing::error!(
@@ -322,8 +351,44 @@ async fn splice_to_pool(
         return;
     };
     let started = std::time::Instant::now();
-    let _active = listener.counters.open(mode);
-    match passthrough::tunnel(stream, peer, replay, pool, &snapshot.config.timeouts).await {
+    let timeouts = &snapshot.config.timeouts;
+    let result = match pool.connect(Some(peer), timeouts.connect).await {
+        Ok((backend, guard)) => {
+            // Counted in its mode only once a backend took it.
+            let _active = listener.counters.open(mode);
+            passthrough::relay(stream, backend, guard, replay, timeouts).await
+        }
+        Err(err) => {
+            listener.counters.rejected();
+            Err(err)
+        }
+    };
+    if origin.access.enabled() {
+        let (backend, outcome, bytes_in, bytes_out) = match &result {
+            Ok(r) => (
+                Some(r.backend.as_str()),
+                r.outcome.end.as_str(),
+                r.outcome.client_to_backend,
+                r.outcome.backend_to_client,
+            ),
+            Err(ProxyError::Backend(_)) => (None, "backend_error", 0, 0),
+            Err(_) => (None, "no_backend", 0, 0),
+        };
+        origin.access.log(&Record {
+            listener: &listener.spec.name,
+            mode: mode.as_str(),
+            client: Some(peer),
+            sni: origin.sni,
+            pool: Some(pool_name),
+            backend,
+            outcome: Some(outcome),
+            bytes_in,
+            bytes_out,
+            duration: started.elapsed(),
+            ..Record::default()
+        });
+    }
+    match result {
         Ok(report) => {
             let o = report.outcome;
             listener
@@ -339,9 +404,12 @@ async fn splice_to_pool(
                 "tunnel closed"
             );
         }
-        Err(err) => {
-            tracing::warn!(pool = pool_name, error = %err, "no backend for the connection; closing the client");
-        }
+        Err(err) => match err.fault() {
+            Fault::Downstream => tracing::info!(pool = pool_name, error = %err, "tunnel failed"),
+            Fault::Upstream | Fault::Internal => {
+                tracing::warn!(pool = pool_name, error = %err, "tunnel failed; client closed")
+            }
+        },
     }
 }
 

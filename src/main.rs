@@ -43,6 +43,11 @@ enum Command {
     /// Load generator: closed or open loop (--rate), keep-alive or a new connection per
     /// request, TLS; prints requests/s and latency percentiles (HdrHistogram).
     Bench(BenchArgs),
+    /// Side-by-side benchmark on embedded defaults: starts built-in backends and the
+    /// balancer as separate pinned processes, measures direct, passthrough and terminate
+    /// (per_request and pooled), each with keep-alive and a new connection per request,
+    /// and writes report.md, report.json and chart.svg.
+    Compare(CompareArgs),
     /// The built-in origin server: answers every path with a small body naming itself;
     /// `GET /health` answers 200, `POST /echo` echoes the body.
     Backend {
@@ -116,6 +121,89 @@ struct BenchArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Scenarios: direct-plain, direct-tls, passthrough, terminate-per-request, terminate-pooled, \
+each as NAME-keepalive and NAME-newconn (a new connection per request, TLS sessions resumed). \
+Default pinning with 2+ CPUs: balancer on the first usable CPU, load generator and backends on the second. \
+See docs/benchmarking.md for the method and how to read the report."
+)]
+struct CompareArgs {
+    /// Measured time per scenario (500ms, 5s, 2m).
+    #[arg(short, long, default_value = "5s", value_parser = parse_duration_arg)]
+    duration: Duration,
+    /// Unmeasured load before each scenario (0s: none).
+    #[arg(long, default_value = "1s", value_parser = parse_duration_arg)]
+    warmup: Duration,
+    /// Concurrent client connections.
+    #[arg(short, long, default_value_t = 50)]
+    connections: usize,
+    /// Open loop: total requests per second (latency corrected for coordinated omission);
+    /// default: closed loop, as fast as answers come.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Response body size of every backend, bytes.
+    #[arg(long, default_value_t = 1024)]
+    body_bytes: usize,
+    /// Comma-separated scenarios, by full name (passthrough-newconn) or base name
+    /// (passthrough: both); default all ten.
+    #[arg(long)]
+    scenarios: Option<String>,
+    /// Directory for report.md, report.json and chart.svg.
+    #[arg(short, long, default_value = "compare-out")]
+    out: PathBuf,
+    /// CPUs of the balancer process (0, 0,1, 0-3); default: the first usable CPU.
+    #[arg(long, value_parser = tollgate::bench::pinning::CpuList::parse)]
+    balancer_cpus: Option<tollgate::bench::pinning::CpuList>,
+    /// CPUs of the load generator (this process); default: the second usable CPU.
+    #[arg(long, value_parser = tollgate::bench::pinning::CpuList::parse)]
+    load_cpus: Option<tollgate::bench::pinning::CpuList>,
+    /// CPUs of the backend processes; default: the load generator's.
+    #[arg(long, value_parser = tollgate::bench::pinning::CpuList::parse)]
+    backend_cpus: Option<tollgate::bench::pinning::CpuList>,
+    /// Pin nothing (the default with a single usable CPU).
+    #[arg(long, conflicts_with_all = ["balancer_cpus", "load_cpus", "backend_cpus"])]
+    no_pin: bool,
+    /// Load generator threads.
+    #[arg(long, default_value_t = 1)]
+    load_threads: usize,
+}
+
+fn run_compare(args: CompareArgs) -> Result<ExitCode> {
+    use tollgate::bench::compare::{self, CompareOptions, Scenario};
+    let scenarios = match &args.scenarios {
+        Some(text) => Scenario::select(text).map_err(anyhow::Error::msg)?,
+        None => Scenario::all(),
+    };
+    let options = CompareOptions {
+        duration: args.duration,
+        warmup: args.warmup,
+        connections: args.connections.max(1),
+        rate: args.rate,
+        body_bytes: args.body_bytes,
+        scenarios,
+        out: args.out,
+        balancer_cpus: args.balancer_cpus,
+        load_cpus: args.load_cpus,
+        backend_cpus: args.backend_cpus,
+        no_pin: args.no_pin,
+        load_threads: args.load_threads.max(1),
+        executable: std::env::current_exe().context("cannot find the tollgate executable")?,
+        command_line: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let stop = compare::stop_on_signal();
+    let outcome = compare::run(options, stop, compare::stderr_progress())?;
+    print!("{}", outcome.report.table());
+    for file in &outcome.files {
+        println!("wrote {}", file.display());
+    }
+    if outcome.interrupted {
+        eprintln!("interrupted: the report holds the scenarios that finished");
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
@@ -223,6 +311,38 @@ async fn stop_signal() {
     }
 }
 
+/// Reloads on SIGHUP; drains and returns on SIGTERM or Ctrl-C.
+async fn serve_until_stopped(server: tollgate::server::Server) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            let stop = stop_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading the config");
+                        // Errors are logged and counted by the reload itself.
+                        let _ = server.reload_file().await;
+                    }
+                }
+            }
+        } else {
+            stop_signal().await;
+        }
+    }
+    #[cfg(not(unix))]
+    stop_signal().await;
+    let grace = server.snapshot().config.shutdown_grace;
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: draining"
+    );
+    server.shutdown(grace).await;
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -238,6 +358,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Bench(args) => run_bench(args),
+        Command::Compare(args) => run_compare(args),
         Command::Check { config } => {
             let loaded = tollgate::config::load(&config).and_then(|c| {
                 tollgate::server::Snapshot::build(
@@ -269,15 +390,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            let grace = loaded.shutdown_grace;
             let rt = runtime(loaded.worker_threads)?;
             rt.block_on(async move {
-                let server = tollgate::server::Server::start(loaded)
-                    .await
-                    .with_context(|| format!("{}", config.display()))?;
-                stop_signal().await;
-                tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down");
-                server.shutdown(grace).await;
+                let server =
+                    tollgate::server::Server::start_with_file(loaded, Some(config.clone()))
+                        .await
+                        .with_context(|| format!("{}", config.display()))?;
+                serve_until_stopped(server).await;
                 Ok::<_, anyhow::Error>(())
             })?;
             Ok(ExitCode::SUCCESS)

@@ -151,6 +151,13 @@ impl Metrics {
         registry
             .register(Box::new(http_request_duration_seconds.clone()))
             .expect("unique metric");
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
         Metrics {
             connections_total: counter(&registry, "tollgate_connections_total"),
             connections_active: gauge(&registry, "tollgate_connections_active"),

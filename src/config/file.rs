@@ -42,6 +42,8 @@ pub struct FileConfig {
     pub runtime: RuntimeFile,
     /// `off`, `stderr` or a file path.
     pub access_log: Option<String>,
+    /// `json` (default) or `text`.
+    pub access_log_format: Option<String>,
     /// The admin listener.
     pub admin: Option<AdminFile>,
     /// Certificates for terminate routes.

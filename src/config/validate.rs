@@ -21,6 +21,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Where access log lines go.
     pub access_log: AccessLog,
+    /// Access log line format.
+    pub access_log_format: crate::access_log::Format,
     /// Admin listener address.
     pub admin: Option<SocketAddr>,
     /// Certificates for terminate routes.
@@ -409,6 +411,16 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         Some(path) => AccessLog::File(PathBuf::from(path)),
     };
 
+    let access_log_format = match file.access_log_format.as_deref() {
+        None | Some("json") => crate::access_log::Format::Json,
+        Some("text") => crate::access_log::Format::Text,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "access_log_format",
+                format!("unknown format {other:?} (json, text)"),
+            ))
+        }
+    };
     let admin = match &file.admin {
         None => None,
         Some(a) => Some(a.listen.parse::<SocketAddr>().map_err(|_| {
@@ -473,6 +485,7 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         worker_threads: file.runtime.worker_threads,
         shutdown_grace,
         access_log,
+        access_log_format,
         admin,
         certificates,
         listeners,
@@ -515,6 +528,12 @@ fn validate_pool(name: &str, pool: &PoolFile) -> Result<PoolSpec, ConfigError> {
         &pool.idle_timeout,
         Duration::from_secs(5),
     )?;
+    if idle_timeout.is_zero() {
+        return Err(ConfigError::new(
+            format!("{base}.idle_timeout"),
+            "must be greater than zero",
+        ));
+    }
     if pool.servers.is_empty() {
         return Err(ConfigError::new(
             format!("{base}.servers"),
@@ -548,6 +567,12 @@ fn validate_pool(name: &str, pool: &PoolFile) -> Result<PoolSpec, ConfigError> {
 }
 
 fn validate_health(base: &str, h: &HealthFile) -> Result<HealthSpec, ConfigError> {
+    if h.path.is_some() && h.check != "http" {
+        return Err(ConfigError::new(
+            format!("{base}.path"),
+            "only used by check: http",
+        ));
+    }
     let check = match h.check.as_str() {
         "tcp" => CheckKind::Tcp,
         "tls" => CheckKind::Tls,

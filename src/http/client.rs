@@ -115,7 +115,8 @@ impl PoolClient {
     ) -> Result<Forwarded, ForwardError> {
         match self.mode {
             BackendConnections::PerRequest => {
-                let (sender, guard) = self.open(client, connect_timeout).await?;
+                let candidates = self.pool.candidates(Some(client));
+                let (sender, guard) = self.open(&candidates, connect_timeout).await?;
                 self.exchange(sender, guard, request, response_timeout, false)
                     .await
             }
@@ -127,8 +128,10 @@ impl PoolClient {
                     }
                     .into());
                 };
+                // One balancer decision per request: reuse an idle connection to the
+                // chosen backend, else connect along the same candidate order.
                 let Some((sender, guard)) = self.take_idle(first).await else {
-                    let (sender, guard) = self.open(client, connect_timeout).await?;
+                    let (sender, guard) = self.open(&candidates, connect_timeout).await?;
                     return self
                         .exchange(sender, guard, request, response_timeout, true)
                         .await;
@@ -147,7 +150,7 @@ impl PoolClient {
                             return Err(ForwardError::Backend(err));
                         };
                         tracing::debug!(pool = %self.pool.name, error = %err, "reused backend connection failed; retrying on a new one");
-                        let (sender, guard) = self.open(client, connect_timeout).await?;
+                        let (sender, guard) = self.open(&candidates, connect_timeout).await?;
                         self.exchange(sender, guard, again, response_timeout, true)
                             .await
                     }
@@ -160,10 +163,13 @@ impl PoolClient {
     /// Opens a new backend connection (next candidate on connect failure).
     async fn open(
         &self,
-        client: std::net::SocketAddr,
+        candidates: &[usize],
         connect_timeout: Duration,
     ) -> Result<(SendRequest<ProxyBody>, BackendGuard), ForwardError> {
-        let (stream, guard) = self.pool.connect(Some(client), connect_timeout).await?;
+        let (stream, guard) = self
+            .pool
+            .connect_in_order(candidates, connect_timeout)
+            .await?;
         let (sender, conn) = http1::Builder::new()
             .handshake::<_, ProxyBody>(TokioIo::new(stream))
             .await

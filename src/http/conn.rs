@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::ProxyBody;
+use super::framing::FramingScanner;
 
 /// Activity of one client connection, shared by its IO wrapper, its service and its
 /// watchdog.
@@ -36,6 +37,10 @@ pub struct ConnActivity {
     header_since_ms: AtomicU64,
     /// Wakes the watchdog when its deadline may have moved.
     changed: tokio::sync::Notify,
+    /// Shutdown began: the next response says `Connection: close`.
+    draining: std::sync::atomic::AtomicBool,
+    /// Follows the raw request stream for framing hyper hides (CL + TE).
+    framing: std::sync::Mutex<FramingScanner>,
 }
 
 impl ConnActivity {
@@ -46,6 +51,8 @@ impl ConnActivity {
             last_ms: AtomicU64::new(0),
             header_since_ms: AtomicU64::new(0),
             changed: tokio::sync::Notify::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            framing: std::sync::Mutex::new(FramingScanner::default()),
         }
     }
 
@@ -53,7 +60,10 @@ impl ConnActivity {
         self.start.elapsed().as_millis() as u64
     }
 
-    fn bytes_read(&self) {
+    fn bytes_read(&self, bytes: &[u8]) {
+        if let Ok(mut framing) = self.framing.lock() {
+            framing.feed(bytes);
+        }
         let now = self.now_ms();
         self.last_ms.store(now, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Relaxed) == 0
@@ -62,6 +72,32 @@ impl ConnActivity {
             self.header_since_ms.store(now + 1, Ordering::Relaxed);
             self.changed.notify_one();
         }
+    }
+
+    /// Whether the request hyper just handed over (`method target`) named both
+    /// Content-Length and Transfer-Encoding (hyper drops the Content-Length).
+    pub fn conflicting_framing(&self, method: &str, target: &str) -> bool {
+        self.framing
+            .lock()
+            .map(|mut f| f.take_conflicting(method, target))
+            .unwrap_or(false)
+    }
+
+    /// The connection became a tunnel: stop following HTTP framing.
+    pub fn upgraded(&self) {
+        if let Ok(mut framing) = self.framing.lock() {
+            framing.stop();
+        }
+    }
+
+    /// Bytes went out to the client: the response is moving.
+    fn bytes_written(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether shutdown began (responses then carry `Connection: close`).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// A request's headers were parsed; it is now in flight.
@@ -103,7 +139,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.bytes_read();
+            self.activity.bytes_read(&buf.filled()[before..]);
         }
         polled
     }
@@ -128,7 +164,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.bytes_written();
+        }
+        polled
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -144,7 +184,14 @@ pub struct ConnLimits {
     pub client_idle: Duration,
     /// Largest request head (431 above it).
     pub max_header_bytes: usize,
+    /// A request in flight may go this long without a byte moving to or from the
+    /// client (a client that stopped reading its response): the larger of
+    /// `client_idle` and `backend_response`.
+    pub stalled: Duration,
 }
+
+/// How long an idle keep-alive connection may stay open once a drain began.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 /// How a client connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +204,10 @@ pub enum ConnEnd {
     HeaderTimeout,
     /// Closed for shutdown.
     Shutdown,
+    /// A request in flight made no progress for `stalled`.
+    Stalled,
+    /// hyper refused a request head itself and answered it (400 or 431) before closing.
+    Refused(u16),
 }
 
 /// Serves HTTP/1.1 on `stream` with `make_service(activity)` until the connection ends.
@@ -180,6 +231,22 @@ where
         activity: Arc::clone(&activity),
     });
     let service = make_service(Arc::clone(&activity));
+    // Once a drain began, every response tells the client to close.
+    let drain_view = Arc::clone(&activity);
+    let service = hyper::service::service_fn(move |req| {
+        let answer = service.call(req);
+        let activity = Arc::clone(&drain_view);
+        async move {
+            let mut response = answer.await?;
+            if activity.is_draining() {
+                response.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .keep_alive(true)
@@ -190,37 +257,50 @@ where
     let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
 
-    let mut draining = false;
     let mut end = ConnEnd::Closed;
+    let mut limits = limits;
     loop {
         let deadline = next_deadline(&activity, &limits);
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(err) = result {
+                    if err.is_parse_too_large() {
+                        return ConnEnd::Refused(431);
+                    }
+                    if err.is_parse() {
+                        return ConnEnd::Refused(400);
+                    }
                     tracing::debug!(error = %err, "client connection ended with an error");
                 }
                 return end;
             }
-            _ = shutdown.cancelled(), if !draining => {
-                draining = true;
+            _ = shutdown.cancelled(), if !activity.is_draining() => {
+                activity.draining.store(true, Ordering::Relaxed);
                 end = ConnEnd::Shutdown;
-                conn.as_mut().graceful_shutdown();
+                // In-flight requests finish and say `Connection: close`; an idle
+                // keep-alive connection gets a short last chance to send its next one.
+                limits.client_idle = limits.client_idle.min(DRAIN_IDLE);
             }
             _ = activity.changed.notified() => {}
             _ = tokio::time::sleep_until(deadline) => {
+                let now = activity.now_ms();
+                let last = activity.last_ms.load(Ordering::Relaxed);
                 if activity.in_flight.load(Ordering::Relaxed) > 0 {
+                    if now >= last + limits.stalled.as_millis() as u64 {
+                        tracing::info!(timeout_ms = limits.stalled.as_millis() as u64, "no byte moved for a request in flight; closing");
+                        return ConnEnd::Stalled;
+                    }
                     continue;
                 }
-                let now = activity.now_ms();
                 let header_since = activity.header_since_ms.load(Ordering::Relaxed);
                 if header_since > 0 {
                     if now + 1 >= header_since + limits.request_header.as_millis() as u64 {
                         tracing::info!(timeout_ms = limits.request_header.as_millis() as u64, "request headers not complete in time; closing");
                         return ConnEnd::HeaderTimeout;
                     }
-                } else if now >= activity.last_ms.load(Ordering::Relaxed) + limits.client_idle.as_millis() as u64 {
+                } else if now >= last + limits.client_idle.as_millis() as u64 {
                     tracing::debug!("keep-alive connection idle; closing");
-                    return ConnEnd::Idle;
+                    return if activity.is_draining() { ConnEnd::Shutdown } else { ConnEnd::Idle };
                 }
             }
         }
@@ -230,8 +310,8 @@ where
 fn next_deadline(activity: &ConnActivity, limits: &ConnLimits) -> Instant {
     let header_since = activity.header_since_ms.load(Ordering::Relaxed);
     let ms = if activity.in_flight.load(Ordering::Relaxed) > 0 {
-        // Busy: look again later; backend_response bounds the request itself.
-        activity.now_ms() + limits.client_idle.as_millis() as u64
+        // Busy: no byte moving for `stalled` ends it.
+        activity.last_ms.load(Ordering::Relaxed) + limits.stalled.as_millis() as u64
     } else if header_since > 0 {
         header_since - 1 + limits.request_header.as_millis() as u64
     } else {

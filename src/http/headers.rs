@@ -11,7 +11,7 @@ use hyper::header::{
 };
 
 /// Headers that describe one hop only (RFC 9110 §7.6.1), plus the legacy ones.
-const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -20,6 +20,7 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
     "upgrade",
     "proxy-authenticate",
+    "proxy-authorization",
 ];
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -171,6 +172,46 @@ pub fn request_host(uri: &hyper::Uri, headers: &HeaderMap) -> Option<String> {
     Some(crate::route::normalize_host(host))
 }
 
+/// Whether a Host header value is a plausible `host[:port]`: a registered name, an IPv4
+/// address or a bracketed IPv6 address, and an optional numeric port. Anything else
+/// (spaces, slashes, `@`, control bytes, several colons outside brackets) is refused
+/// with 400 before it reaches routing or a redirect's Location, as nginx does.
+pub fn valid_host_header(raw: &[u8]) -> bool {
+    if raw.is_empty() || raw.len() > 255 {
+        return false;
+    }
+    let (host, port) = if raw[0] == b'[' {
+        let Some(end) = raw.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inside = &raw[1..end];
+        if inside.is_empty()
+            || !inside
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || b":.".contains(b))
+        {
+            return false;
+        }
+        (&raw[..=end], &raw[end + 1..])
+    } else {
+        match raw.iter().position(|&b| b == b':') {
+            Some(i) => (&raw[..i], &raw[i..]),
+            None => (raw, &raw[raw.len()..]),
+        }
+    };
+    let port_ok = port.is_empty()
+        || (port.len() > 1
+            && port.len() <= 6
+            && port[0] == b':'
+            && port[1..].iter().all(u8::is_ascii_digit));
+    let host_ok = host.first() == Some(&b'[')
+        || (!host.is_empty()
+            && host
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(b)));
+    host_ok && port_ok
+}
+
 /// `host:port` → `host`; `[v6]:port` → `[v6]`.
 pub fn strip_port(authority: &str) -> &str {
     if authority.starts_with('[') {
@@ -295,6 +336,35 @@ mod tests {
             request_host(&"/x".parse().unwrap(), &h).as_deref(),
             Some("app.example.com")
         );
+    }
+
+    #[test]
+    fn host_header_syntax() {
+        for good in [
+            "a.example.com",
+            "a.example.com:8443",
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "[::1]",
+            "x_y",
+        ] {
+            assert!(valid_host_header(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a/b",
+            "user@host",
+            "a:b:c",
+            "host:",
+            "host:99999999",
+            "[::1",
+            "[zz]",
+            "a\tb",
+            "ho\u{7f}st",
+        ] {
+            assert!(!valid_host_header(bad.as_bytes()), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The L7 module: HTTP/1.1 with hyper on terminated TLS connections and on
 //! `protocol: http` listeners. `conn.rs` drives a client connection (keep-alive, clocks,
-//! drain), `proxy.rs` handles each request, `headers.rs` holds the header rules and
-//! `client.rs` the backend side (`per_request` or `pooled`).
+//! drain), `proxy.rs` handles each request, `headers.rs` holds the header rules,
+//! `framing.rs` follows the raw request stream for the framing conflicts hyper hides,
+//! and `client.rs` the backend side (`per_request` or `pooled`).
 
 pub mod client;
 pub mod conn;
+pub mod framing;
 pub mod headers;
 pub mod proxy;
 
@@ -21,8 +23,8 @@ use crate::server::{Context, Snapshot};
 use crate::tls::peek::PeekedHello;
 use crate::upstream::Pool;
 use client::PoolClient;
-use conn::{serve_connection, ConnLimits};
-use proxy::{CompiledRule, ProxyContext, RouteMetrics, RouteTable};
+use conn::{serve_connection, ConnEnd, ConnLimits};
+use proxy::{CompiledRule, ConnInfo, ProxyContext, RouteMetrics, RouteTable};
 
 /// L7 state in a snapshot: compiled routing tables and one client per pool.
 #[derive(Debug, Default)]
@@ -89,6 +91,40 @@ fn limits(snapshot: &Snapshot) -> ConnLimits {
         request_header: snapshot.config.timeouts.request_header,
         client_idle: snapshot.config.timeouts.client_idle,
         max_header_bytes: snapshot.config.limits.max_request_header_bytes,
+        stalled: snapshot
+            .config
+            .timeouts
+            .client_idle
+            .max(snapshot.config.timeouts.backend_response),
+    }
+}
+
+fn conn_info(
+    listener: &ListenerRuntime,
+    mode: &'static str,
+    sni: Option<String>,
+    ctx: &Arc<Context>,
+) -> Arc<ConnInfo> {
+    Arc::new(ConnInfo {
+        listener: listener.spec.name.clone(),
+        mode,
+        sni,
+        access: Arc::clone(&ctx.access_log),
+        tracker: ctx.tracker.clone(),
+        hard_stop: ctx.hard_stop.clone(),
+    })
+}
+
+/// Counts what a connection's end says about a request tollgate did not route: hyper's
+/// own 400/431 answers and heads that never completed (closed; counted as 408).
+fn count_end(end: ConnEnd, table: Option<&RouteTable>) {
+    let status = match end {
+        ConnEnd::Refused(code) => code,
+        ConnEnd::HeaderTimeout => 408,
+        _ => return,
+    };
+    if let (Some(table), Ok(status)) = (table, hyper::StatusCode::from_u16(status)) {
+        table.unmatched.count(status, std::time::Instant::now());
     }
 }
 
@@ -131,6 +167,8 @@ pub async fn serve_tls(
             return;
         }
     };
+    let conn = conn_info(listener, "terminate", hello.sni, ctx);
+    let counted = Arc::clone(table);
     let table = Arc::clone(table);
     let timeouts = snapshot.config.timeouts;
     let end = serve_connection(tls, limits(snapshot), &ctx.shutdown, |activity| {
@@ -140,10 +178,12 @@ pub async fn serve_tls(
             proto: "https",
             timeouts,
             activity,
+            conn,
         };
         hyper::service::service_fn(move |req| proxy::handle(req, cx.clone()))
     })
     .await;
+    count_end(end, Some(&counted));
     tracing::debug!(end = ?end, "terminated connection closed");
 }
 
@@ -165,26 +205,35 @@ pub async fn serve_plain(
                 tracing::error!(routes, "routing table missing; closing");
                 return;
             };
+            let conn = conn_info(listener, "http", None, ctx);
+            let counted = Arc::clone(table);
             let table = Arc::clone(table);
             let timeouts = snapshot.config.timeouts;
-            serve_connection(stream, limits(snapshot), &ctx.shutdown, |activity| {
+            let end = serve_connection(stream, limits(snapshot), &ctx.shutdown, |activity| {
                 let cx = ProxyContext {
                     table,
                     peer,
                     proto: "http",
                     timeouts,
                     activity,
+                    conn,
                 };
                 hyper::service::service_fn(move |req| proxy::handle(req, cx.clone()))
             })
-            .await
+            .await;
+            count_end(end, Some(&counted));
+            end
         }
         HttpAction::RedirectHttps(port) => {
             let port = *port;
             serve_connection(stream, limits(snapshot), &ctx.shutdown, |activity| {
                 hyper::service::service_fn(move |req| {
                     activity.request_started();
-                    let response = proxy::redirect(&req, port);
+                    let response = if proxy::has_ambiguous_framing(&req, &activity) {
+                        proxy::ambiguous_framing_response()
+                    } else {
+                        proxy::redirect(&req, port)
+                    };
                     activity.request_finished();
                     async move { Ok::<_, std::convert::Infallible>(response) }
                 })

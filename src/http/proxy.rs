@@ -20,9 +20,12 @@ use prometheus::{Histogram, IntCounter, IntCounterVec};
 use super::client::{full_body, ForwardError, PoolClient, ProxyBody};
 use super::conn::{ConnActivity, InFlight};
 use super::headers;
+use crate::access_log::{AccessLog, Record};
 use crate::config::{BackendConnections, Timeouts};
 use crate::error::ProxyError;
 use crate::route::HostPattern;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Metric handles of one (route table, pool) pair, resolved once per status code.
 #[derive(Debug)]
@@ -113,6 +116,8 @@ pub struct ProxyContext {
     pub timeouts: Timeouts,
     /// The connection's activity (in-flight accounting).
     pub activity: Arc<ConnActivity>,
+    /// Listener, SNI, access log and task tracking of the connection.
+    pub conn: Arc<ConnInfo>,
 }
 
 /// Builds an error or redirect response with a short text body.
@@ -133,43 +138,115 @@ fn closing(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
     response
 }
 
+/// Whether `request` named both Content-Length and Transfer-Encoding as the client sent
+/// it (hyper hides that; see `framing.rs`), or Content-Lengths that disagree.
+pub fn has_ambiguous_framing<B>(request: &Request<B>, activity: &ConnActivity) -> bool {
+    let target = request.uri().to_string();
+    activity.conflicting_framing(request.method().as_str(), &target)
+        || headers::has_conflicting_framing(request.headers())
+}
+
+/// The answer to ambiguous framing: 400, and the connection closes after it.
+pub fn ambiguous_framing_response() -> Response<ProxyBody> {
+    tracing::info!("conflicting Content-Length / Transfer-Encoding; 400 and close");
+    closing(plain_response(
+        StatusCode::BAD_REQUEST,
+        "bad request: ambiguous message framing",
+    ))
+}
+
+/// Facts about a client connection every request on it shares.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// Listener name.
+    pub listener: String,
+    /// `terminate` or `http`.
+    pub mode: &'static str,
+    /// SNI of a terminated connection.
+    pub sni: Option<String>,
+    /// Access log sink.
+    pub access: Arc<AccessLog>,
+    /// Upgraded tunnels are tracked like connections (drain waits for them).
+    pub tracker: TaskTracker,
+    /// Cancelled when the drain's grace period ends.
+    pub hard_stop: CancellationToken,
+}
+
+/// Who served a request, for the access log.
+#[derive(Debug, Default)]
+struct Served {
+    pool: Option<String>,
+    backend: Option<String>,
+}
+
 /// Handles one request.
 pub async fn handle(
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     cx: ProxyContext,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let in_flight = InFlight(Arc::clone(&cx.activity));
     cx.activity.request_started();
+    // Nothing is formatted or copied for the access log when it is off.
+    let pending = cx.conn.access.enabled().then(|| PendingLog {
+        access: Arc::clone(&cx.conn.access),
+        conn: Arc::clone(&cx.conn),
+        route: cx.table.name.clone(),
+        client: cx.peer,
+        method: request.method().to_string(),
+        path: request.uri().path().to_string(),
+        bytes_in: request
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        status: 0,
+        served: Served::default(),
+        started,
+        bytes_out: 0,
+    });
+    let (response, served) = forward(request, &cx, started).await;
+    let pending = pending.map(|mut p| {
+        p.status = response.status().as_u16();
+        p.served = served;
+        p
+    });
+    Ok(track(response, in_flight, pending))
+}
 
-    if headers::has_conflicting_framing(request.headers()) {
+async fn forward(
+    mut request: Request<Incoming>,
+    cx: &ProxyContext,
+    started: Instant,
+) -> (Response<ProxyBody>, Served) {
+    let refuse = |status: StatusCode, text: &str| {
+        cx.table.unmatched.count(status, started);
+        (closing(plain_response(status, text)), Served::default())
+    };
+    if has_ambiguous_framing(&request, &cx.activity) {
         cx.table.unmatched.count(StatusCode::BAD_REQUEST, started);
-        tracing::info!("conflicting Content-Length / Transfer-Encoding; 400 and close");
-        return Ok(track(
-            closing(plain_response(
-                StatusCode::BAD_REQUEST,
-                "bad request: ambiguous message framing",
-            )),
-            in_flight,
-        ));
+        return (ambiguous_framing_response(), Served::default());
+    }
+    if let Some(raw) = request.headers().get(HOST) {
+        if !headers::valid_host_header(raw.as_bytes()) {
+            return refuse(StatusCode::BAD_REQUEST, "bad request: invalid Host header");
+        }
     }
     let host = headers::request_host(request.uri(), request.headers());
     if host.is_none() && request.version() == Version::HTTP_11 {
-        cx.table.unmatched.count(StatusCode::BAD_REQUEST, started);
-        return Ok(track(
-            closing(plain_response(
-                StatusCode::BAD_REQUEST,
-                "bad request: no Host header",
-            )),
-            in_flight,
-        ));
+        return refuse(StatusCode::BAD_REQUEST, "bad request: no Host header");
     }
     let Some(rule) = cx.table.find(host.as_deref(), request.uri().path()) else {
         cx.table.unmatched.count(StatusCode::NOT_FOUND, started);
-        return Ok(track(
+        return (
             plain_response(StatusCode::NOT_FOUND, "no route for this host and path"),
-            in_flight,
-        ));
+            Served::default(),
+        );
+    };
+    let mut served = Served {
+        pool: Some(rule.client.pool().name.clone()),
+        backend: None,
     };
 
     let upgrade = headers::is_upgrade_request(request.headers());
@@ -228,7 +305,7 @@ pub async fn handle(
             };
             tracing::warn!(pool = %rule.client.pool().name, error = %err, status = status.as_u16(), "request not forwarded");
             rule.metrics.count(status, started);
-            return Ok(track(plain_response(status, text), in_flight));
+            return (plain_response(status, text), served);
         }
     };
     let mut response = forwarded.response;
@@ -238,12 +315,16 @@ pub async fn handle(
         .pool()
         .record_status(forwarded.index, status.as_u16());
     tracing::trace!(backend = %forwarded.backend, status = status.as_u16(), "forwarded");
+    served.backend = Some(forwarded.backend);
 
     if status == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let backend_upgrade = hyper::upgrade::on(&mut response);
+            cx.activity.upgraded();
             let idle = cx.timeouts.tunnel_idle;
-            tokio::spawn(async move {
+            let hard_stop = cx.conn.hard_stop.clone();
+            // Tracked like a connection: a drain waits for it, the grace period cuts it.
+            cx.conn.tracker.spawn(async move {
                 let (Ok(client_io), Ok(backend_io)) = (client_upgrade.await, backend_upgrade.await)
                 else {
                     tracing::info!("upgrade failed on one side; closing");
@@ -251,27 +332,72 @@ pub async fn handle(
                 };
                 let mut client_io = TokioIo::new(client_io);
                 let mut backend_io = TokioIo::new(backend_io);
-                let outcome =
-                    crate::l4::splice::splice(&mut client_io, &mut backend_io, idle).await;
-                tracing::debug!(
-                    client_to_backend = outcome.client_to_backend,
-                    backend_to_client = outcome.backend_to_client,
-                    end = outcome.end.as_str(),
-                    "upgraded tunnel closed"
-                );
+                tokio::select! {
+                    outcome = crate::l4::splice::splice(&mut client_io, &mut backend_io, idle) => {
+                        tracing::debug!(
+                            client_to_backend = outcome.client_to_backend,
+                            backend_to_client = outcome.backend_to_client,
+                            end = outcome.end.as_str(),
+                            "upgraded tunnel closed"
+                        );
+                    }
+                    _ = hard_stop.cancelled() => {}
+                }
             });
-            return Ok(track(response, in_flight));
+            return (response, served);
         }
     }
     headers::strip_hop_by_hop(response.headers_mut(), false);
-    Ok(track(response, in_flight))
+    (response, served)
 }
 
-/// Ties the in-flight count to the response body: it ends when hyper drops the body.
-fn track(response: Response<ProxyBody>, in_flight: InFlight) -> Response<ProxyBody> {
+/// An access-log line waiting for its response body to end (to count bytes out).
+struct PendingLog {
+    access: Arc<AccessLog>,
+    conn: Arc<ConnInfo>,
+    route: String,
+    client: SocketAddr,
+    method: String,
+    path: String,
+    bytes_in: u64,
+    status: u16,
+    served: Served,
+    started: Instant,
+    bytes_out: u64,
+}
+
+impl Drop for PendingLog {
+    fn drop(&mut self) {
+        self.access.log(&Record {
+            listener: &self.conn.listener,
+            mode: self.conn.mode,
+            client: Some(self.client),
+            sni: self.conn.sni.as_deref(),
+            route: Some(&self.route),
+            pool: self.served.pool.as_deref(),
+            backend: self.served.backend.as_deref(),
+            method: Some(&self.method),
+            path: Some(&self.path),
+            status: Some(self.status),
+            outcome: None,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            duration: self.started.elapsed(),
+        });
+    }
+}
+
+/// Ties the in-flight count (and the access-log line) to the response body: both end
+/// when hyper drops the body.
+fn track(
+    response: Response<ProxyBody>,
+    in_flight: InFlight,
+    log: Option<PendingLog>,
+) -> Response<ProxyBody> {
     let (parts, body) = response.into_parts();
     let body = TrackedBody {
         inner: body,
+        log,
         _in_flight: in_flight,
     };
     Response::from_parts(parts, body.boxed_unsync())
@@ -279,6 +405,7 @@ fn track(response: Response<ProxyBody>, in_flight: InFlight) -> Response<ProxyBo
 
 struct TrackedBody {
     inner: ProxyBody,
+    log: Option<PendingLog>,
     _in_flight: InFlight,
 }
 
@@ -290,7 +417,13 @@ impl Body for TrackedBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let (Some(log), Some(data)) = (self.log.as_mut(), frame.data_ref()) {
+                log.bytes_out += data.len() as u64;
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

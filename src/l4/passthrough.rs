@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use super::splice::{splice_tcp, SpliceOutcome};
 use crate::config::Timeouts;
 use crate::error::ProxyError;
-use crate::upstream::Pool;
+use crate::upstream::{BackendGuard, Pool};
 
 /// What a finished tunnel did.
 #[derive(Debug, Clone)]
@@ -25,13 +25,24 @@ pub struct TunnelReport {
 /// Connects `client` to a backend of `pool`, writes `replay` to it first, and splices
 /// until the tunnel ends. On error the client is dropped (closed) by the caller.
 pub async fn tunnel(
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     replay: &[u8],
     pool: &Arc<Pool>,
     timeouts: &Timeouts,
 ) -> Result<TunnelReport, ProxyError> {
-    let (mut backend, guard) = pool.connect(Some(peer), timeouts.connect).await?;
+    let (backend, guard) = pool.connect(Some(peer), timeouts.connect).await?;
+    relay(client, backend, guard, replay, timeouts).await
+}
+
+/// Writes `replay` to a connected `backend`, then splices it with `client`.
+pub async fn relay(
+    mut client: TcpStream,
+    mut backend: TcpStream,
+    guard: BackendGuard,
+    replay: &[u8],
+    timeouts: &Timeouts,
+) -> Result<TunnelReport, ProxyError> {
     let backend_name = guard.backend().name.clone();
     if !replay.is_empty() {
         backend

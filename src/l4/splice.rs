@@ -74,7 +74,8 @@ enum DirEnd {
     WriteError(io::Error),
 }
 
-/// Copies `from` → `to` until EOF, then shuts `to`'s write side down.
+/// Copies `from` → `to` until EOF, then shuts `to`'s write side down. Ends with `Idle`
+/// when neither a read nor a write moved a byte (in either direction) for `idle`.
 async fn copy_one_way<R, W>(
     from: &mut R,
     to: &mut W,
@@ -109,11 +110,28 @@ where
             Err(e) => return DirEnd::ReadError(e),
         };
         activity.touch();
-        if let Err(e) = to.write_all(&buf[..n]).await {
-            return DirEnd::WriteError(e);
+        // The idle clock also bounds writes: a peer that stops reading stalls the copy,
+        // and a stalled tunnel moves no byte either way.
+        let mut written = 0;
+        while written < n {
+            let deadline = activity.idle_deadline(idle);
+            tokio::select! {
+                wrote = to.write(&buf[written..n]) => match wrote {
+                    Ok(0) => return DirEnd::WriteError(io::ErrorKind::WriteZero.into()),
+                    Ok(k) => {
+                        written += k;
+                        moved.fetch_add(k as u64, Ordering::Relaxed);
+                        activity.touch();
+                    }
+                    Err(e) => return DirEnd::WriteError(e),
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    if Instant::now() >= activity.idle_deadline(idle) {
+                        return DirEnd::Idle;
+                    }
+                }
+            }
         }
-        moved.fetch_add(n as u64, Ordering::Relaxed);
-        activity.touch();
     }
 }
 

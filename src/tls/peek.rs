@@ -86,7 +86,9 @@ where
                     _ => PeekFailure::Timeout,
                 }));
             }
-            if buffered.len() < needed {
+            // Below one record header, parse anyway: a first byte that is not a
+            // handshake record is refused at once.
+            if buffered.len() >= 5 && buffered.len() < needed {
                 continue;
             }
             match parse_client_hello(&buffered) {

@@ -21,7 +21,9 @@ use tokio_rustls::TlsAcceptor;
 use super::peek::ReplayStream;
 use crate::config::{CertificateSpec, Config, ListenerKind, SniAction};
 use crate::error::ConfigError;
-use crate::route::{HostPattern, HostTable};
+use std::collections::HashMap;
+
+use crate::route::{normalize_host, HostPattern};
 
 /// The TLS stream a terminated connection runs on.
 pub type TerminatedStream = TlsStream<ReplayStream<TcpStream>>;
@@ -59,17 +61,32 @@ impl std::fmt::Debug for Terminator {
     }
 }
 
+/// Certificates by name: exact names, and wildcard names (`*.example.com`) that, as in
+/// certificate validation (RFC 6125), cover exactly one label (`a.example.com`, not
+/// `a.b.example.com` nor `example.com`). No match: the first certificate.
 #[derive(Debug)]
 struct CertResolver {
-    by_name: HostTable<Arc<CertifiedKey>>,
+    /// Normalized `name` or `*.suffix` → certificate.
+    by_name: HashMap<String, Arc<CertifiedKey>>,
     fallback: Arc<CertifiedKey>,
+}
+
+impl CertResolver {
+    fn lookup(&self, sni: &str) -> Option<&Arc<CertifiedKey>> {
+        let name = normalize_host(sni);
+        if let Some(found) = self.by_name.get(&name) {
+            return Some(found);
+        }
+        let (_, parent) = name.split_once('.')?;
+        self.by_name.get(&format!("*.{parent}"))
+    }
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let chosen = hello
             .server_name()
-            .and_then(|name| self.by_name.lookup_named(name))
+            .and_then(|name| self.lookup(name))
             .unwrap_or(&self.fallback);
         Some(Arc::clone(chosen))
     }
@@ -145,23 +162,22 @@ impl Terminator {
     /// Builds the terminator when any listener terminates; `None` otherwise (certificates
     /// are still loaded and checked).
     pub fn for_config(config: &Config) -> Result<Option<Terminator>, ConfigError> {
-        let mut by_name = HostTable::new();
+        let mut by_name = HashMap::new();
         let mut fallback = None;
-        let mut seen = std::collections::HashSet::new();
         for (index, spec) in config.certificates.iter().enumerate() {
             let (certified, names) = load_certified_key(index, spec)?;
             let certified = Arc::new(certified);
             for name in &names {
-                let Some(pattern) = HostPattern::parse(name) else {
+                if HostPattern::parse(name).is_none() {
                     return Err(ConfigError::new(
                         format!("certificates[{index}].names"),
                         format!("{name:?} is not a host name or *.suffix"),
                     ));
-                };
-                // Earlier certificates win for a name listed twice.
-                if seen.insert(pattern.clone()) {
-                    by_name.insert(pattern, Arc::clone(&certified));
                 }
+                // Earlier certificates win for a name listed twice.
+                by_name
+                    .entry(normalize_host(name))
+                    .or_insert_with(|| Arc::clone(&certified));
             }
             fallback.get_or_insert(certified);
         }

@@ -48,7 +48,7 @@ fn jittered(interval: Duration) -> Duration {
 }
 
 async fn check_loop(pool: Arc<Pool>, index: usize, spec: HealthSpec, tls: TlsConnector) {
-    // Spread the first checks over one interval.
+    // Spread the first checks over the first half interval.
     let first = fastrand::u64(0..=spec.interval.as_millis() as u64 / 2);
     tokio::time::sleep(Duration::from_millis(first)).await;
     loop {

@@ -170,6 +170,22 @@ impl Backend {
         }
     }
 
+    /// Takes over the health state of `previous` (the same backend before a reload).
+    pub fn inherit(&self, previous: &Backend) {
+        let up = previous.is_up();
+        if let (Ok(mut mine), Ok(theirs)) = (self.state.lock(), previous.state.lock()) {
+            *mine = theirs.clone();
+        }
+        self.passive_failures.store(
+            previous.passive_failures.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        if let (Ok(mut mine), Some(last)) = (self.last_check.lock(), previous.last_check()) {
+            *mine = Some(last);
+        }
+        self.publish(up);
+    }
+
     /// The last active check, if any ran.
     pub fn last_check(&self) -> Option<LastCheck> {
         self.last_check.lock().ok().and_then(|l| l.clone())
@@ -282,6 +298,20 @@ impl Pool {
         out
     }
 
+    /// Carries health state over from the pool of the same name before a reload, for
+    /// every backend with the same name and address.
+    pub fn inherit_health(&self, previous: &Pool) {
+        for backend in &self.backends {
+            if let Some(old) = previous
+                .backends
+                .iter()
+                .find(|b| b.name == backend.name && b.addr == backend.addr)
+            {
+                backend.inherit(old);
+            }
+        }
+    }
+
     /// Counts an open connection on backend `index` until the guard drops.
     pub fn acquire(self: &Arc<Self>, index: usize) -> BackendGuard {
         self.backends[index].active.fetch_add(1, Ordering::Relaxed);
@@ -316,13 +346,22 @@ impl Pool {
         timeout: Duration,
     ) -> Result<(TcpStream, BackendGuard), ProxyError> {
         let candidates = self.candidates(client);
+        self.connect_in_order(&candidates, timeout).await
+    }
+
+    /// Connects to the first of `candidates` (indexes, best first) that accepts.
+    pub async fn connect_in_order(
+        self: &Arc<Self>,
+        candidates: &[usize],
+        timeout: Duration,
+    ) -> Result<(TcpStream, BackendGuard), ProxyError> {
         if candidates.is_empty() {
             return Err(ProxyError::NoHealthyBackend {
                 pool: self.name.clone(),
             });
         }
         let passive_fall = self.passive_fall();
-        for &index in &candidates {
+        for &index in candidates {
             let backend = &self.backends[index];
             let failure =
                 match tokio::time::timeout(timeout, TcpStream::connect(backend.addr)).await {

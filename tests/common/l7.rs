@@ -13,10 +13,12 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tollgate::origin::{self, OriginOptions};
+use tollgate::server::Server;
 
-use super::{Origin, Pki, DEADLINE};
+use super::{metric_value, start, tls_connect, HttpConn, Origin, Pki, DEADLINE};
 
 /// A hand-written backend: every accepted connection is counted and handed to a closure.
 pub struct RawBackend {
@@ -78,12 +80,14 @@ pub async fn inspecting_backend(name: &'static str) -> (RawBackend, Arc<Mutex<Ve
             while let Some(req) = conn.read_request().await {
                 log.lock().unwrap().push(req.head.clone());
                 let close = req.has_token("connection", "close");
+                let head_only = req.start.starts_with("HEAD ");
                 let body = format!("backend {name}\n{}", req.head);
                 let head = format!(
                     "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-backend: {name}\r\nx-conn: {index}\r\n{}\r\n",
                     body.len(),
                     if close { "connection: close\r\n" } else { "" }
                 );
+                let body = if head_only { "" } else { body.as_str() };
                 if conn.write(head.as_bytes()).await.is_err() || conn.write(body.as_bytes()).await.is_err() {
                     return;
                 }
@@ -270,6 +274,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
         .expect("response within the deadline")
     }
 
+    /// Takes the bytes read but not consumed yet.
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
     /// Whether the peer closes the connection (EOF or error) within `DEADLINE`, with no
     /// further bytes beyond what is buffered.
     pub async fn closed(&mut self) -> bool {
@@ -281,6 +290,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
                 Err(_) => return false,
             }
         }
+    }
+}
+
+/// A stream whose writes go out at most `max` bytes at a time (a ClientHello split over
+/// many TCP segments).
+pub struct Trickle<S> {
+    pub inner: S,
+    pub max: usize,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Trickle<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Trickle<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let n = buf.len().min(self.max);
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, &buf[..n])
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -372,5 +421,90 @@ impl ServerCertVerifier for AcceptAnyCert {
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+pub const SNI: &str = "app.example.com";
+
+/// A balancer with a terminating `edge` (every SNI → routes `web`) and a `plain` http
+/// listener on the same routes.
+pub struct Edge {
+    pub server: Server,
+    pub pki: Pki,
+    pub tls: SocketAddr,
+    pub plain: SocketAddr,
+}
+
+impl Edge {
+    pub async fn start(routes: &str, pools: &str, extra: &str) -> Edge {
+        let pki = Pki::new();
+        let (cert, key) = pki.issue_files("edge", &[SNI, "*.example.com"]);
+        let yaml = format!(
+            r#"
+certificates:
+  - {{ cert: "{}", key: "{}" }}
+listeners:
+  - name: edge
+    listen: 127.0.0.1:0
+    protocol: tls
+    default: {{ terminate: web }}
+  - name: plain
+    listen: 127.0.0.1:0
+    protocol: http
+    routes: web
+routes:
+  web:
+{routes}
+pools:
+{pools}
+{extra}
+"#,
+            cert.display(),
+            key.display()
+        );
+        let server = start(&yaml).await;
+        let tls = server.listener_addr("edge").unwrap();
+        let plain = server.listener_addr("plain").unwrap();
+        Edge {
+            server,
+            pki,
+            tls,
+            plain,
+        }
+    }
+
+    /// One pool `app` at `addr`, every request routed to it.
+    pub async fn single(addr: SocketAddr, extra: &str) -> Edge {
+        Edge::single_mode(addr, "per_request", extra).await
+    }
+
+    /// Like `single`, with `backend_connections: mode`.
+    pub async fn single_mode(addr: SocketAddr, mode: &str, extra: &str) -> Edge {
+        let pools = format!(
+            "  app: {{ backend_connections: {mode}, servers: [ {{ addr: \"{addr}\" }} ] }}"
+        );
+        Edge::start("    - { pool: app }", &pools, extra).await
+    }
+
+    pub async fn https(&self) -> HttpConn {
+        HttpConn::over(self.tls_stream().await).await
+    }
+
+    pub async fn tls_stream(&self) -> TlsStream<TcpStream> {
+        tls_connect(self.tls, SNI, self.pki.client_config())
+            .await
+            .expect("tls")
+    }
+
+    pub async fn raw_tls(&self) -> RawConn<TlsStream<TcpStream>> {
+        RawConn::new(self.tls_stream().await)
+    }
+
+    pub async fn raw_plain(&self) -> RawConn<TcpStream> {
+        RawConn::new(TcpStream::connect(self.plain).await.unwrap())
+    }
+
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric_value(&self.server.metrics().render(), name, labels)
     }
 }

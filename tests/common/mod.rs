@@ -106,6 +106,14 @@ pub fn dead_addr() -> SocketAddr {
 
 /// Starts the balancer from YAML text (listeners should use 127.0.0.1:0).
 pub async fn start(yaml: &str) -> Server {
+    // Tests keep stderr quiet unless they test the access log.
+    let quiet;
+    let yaml = if yaml.contains("access_log") {
+        yaml
+    } else {
+        quiet = format!("access_log: off\n{yaml}");
+        quiet.as_str()
+    };
     let config =
         tollgate::config::from_yaml(yaml).unwrap_or_else(|e| panic!("config: {e}\n{yaml}"));
     Server::start(config).await.expect("server start")

@@ -1,0 +1,829 @@
+//! `tollgate compare`: runs every mode side by side over the same backends and writes
+//! the report. It starts the [`Testbed`] (backends and balancer as separate, pinned
+//! processes), pins itself, then for each scenario runs the in-process load generator
+//! ([`load::run`]) for a warm-up and a measured run while reading the processes' CPU
+//! time and the balancer's memory from `/proc`, and finally writes `report.md`,
+//! `report.json` and `chart.svg` into the output directory.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::bench::chart::{self, ChartSeries};
+use crate::bench::load::{self, LoadOptions, LoadResult};
+use crate::bench::pinning::{self, CpuList, Pinning};
+use crate::bench::procstat::{self, ticks_to_duration, Machine, Proc};
+use crate::bench::report::{self, Report, ScenarioReport};
+use crate::bench::testbed::{self, Testbed, TestbedError, TestbedOptions};
+
+/// What the load generator talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// HTTP straight to a plain backend.
+    DirectPlain,
+    /// HTTPS straight to a TLS backend (it terminates TLS itself).
+    DirectTls,
+    /// HTTPS to the balancer, spliced to the TLS backends.
+    Passthrough,
+    /// HTTPS to the balancer, terminated, a new backend connection per request.
+    TerminatePerRequest,
+    /// HTTPS to the balancer, terminated, pooled backend connections.
+    TerminatePooled,
+}
+
+impl Mode {
+    /// Every mode, in report order.
+    pub const ALL: [Mode; 5] = [
+        Mode::DirectPlain,
+        Mode::DirectTls,
+        Mode::Passthrough,
+        Mode::TerminatePerRequest,
+        Mode::TerminatePooled,
+    ];
+
+    /// The base name (`terminate-pooled`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::DirectPlain => "direct-plain",
+            Mode::DirectTls => "direct-tls",
+            Mode::Passthrough => "passthrough",
+            Mode::TerminatePerRequest => "terminate-per-request",
+            Mode::TerminatePooled => "terminate-pooled",
+        }
+    }
+
+    /// Whether the balancer is in the path.
+    pub fn through_balancer(self) -> bool {
+        !matches!(self, Mode::DirectPlain | Mode::DirectTls)
+    }
+
+    fn index(self) -> usize {
+        Mode::ALL.iter().position(|m| *m == self).unwrap_or(0)
+    }
+}
+
+/// Client connection handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connection {
+    /// Keep-alive: many requests per connection.
+    KeepAlive,
+    /// A new connection per request (TLS sessions resumed, as wrk does).
+    NewConn,
+}
+
+impl Connection {
+    /// The name suffix.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Connection::KeepAlive => "keepalive",
+            Connection::NewConn => "newconn",
+        }
+    }
+}
+
+/// One measured combination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scenario {
+    /// The mode.
+    pub mode: Mode,
+    /// The connection handling.
+    pub connection: Connection,
+}
+
+impl Scenario {
+    /// Full name (`passthrough-keepalive`).
+    pub fn name(&self) -> String {
+        format!("{}-{}", self.mode.name(), self.connection.suffix())
+    }
+
+    /// All ten, keep-alive rows first, in mode order.
+    pub fn all() -> Vec<Scenario> {
+        [Connection::KeepAlive, Connection::NewConn]
+            .iter()
+            .flat_map(|c| {
+                Mode::ALL.iter().map(move |m| Scenario {
+                    mode: *m,
+                    connection: *c,
+                })
+            })
+            .collect()
+    }
+
+    /// Parses `--scenarios a,b`: full names or base names (a base selects both
+    /// connection kinds); kept in the canonical order.
+    pub fn select(text: &str) -> Result<Vec<Scenario>, String> {
+        let all = Scenario::all();
+        let mut chosen = vec![false; all.len()];
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let mut hit = false;
+            for (i, s) in all.iter().enumerate() {
+                if s.name() == item || s.mode.name() == item {
+                    chosen[i] = true;
+                    hit = true;
+                }
+            }
+            if !hit {
+                let bases: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+                return Err(format!(
+                    "unknown scenario {item:?}: use {} (each alone or with -keepalive / -newconn)",
+                    bases.join(", ")
+                ));
+            }
+        }
+        let selected: Vec<Scenario> = all
+            .into_iter()
+            .zip(chosen)
+            .filter(|(_, c)| *c)
+            .map(|(s, _)| s)
+            .collect();
+        if selected.is_empty() {
+            return Err("no scenario selected".to_string());
+        }
+        Ok(selected)
+    }
+}
+
+/// Everything `tollgate compare` takes.
+#[derive(Debug, Clone)]
+pub struct CompareOptions {
+    /// Measured time per scenario.
+    pub duration: Duration,
+    /// Unmeasured load before each scenario.
+    pub warmup: Duration,
+    /// Concurrent client connections.
+    pub connections: usize,
+    /// Open loop at this total rate (`None`: closed loop).
+    pub rate: Option<f64>,
+    /// Response body size of every backend.
+    pub body_bytes: usize,
+    /// What to run.
+    pub scenarios: Vec<Scenario>,
+    /// Where the report goes.
+    pub out: PathBuf,
+    /// CPUs asked for (`None`: the default).
+    pub balancer_cpus: Option<CpuList>,
+    /// CPUs of the load generator.
+    pub load_cpus: Option<CpuList>,
+    /// CPUs of the backends (default: the load generator's).
+    pub backend_cpus: Option<CpuList>,
+    /// Pin nothing.
+    pub no_pin: bool,
+    /// Load generator threads.
+    pub load_threads: usize,
+    /// The tollgate executable to start children from.
+    pub executable: PathBuf,
+    /// The command line, for the report.
+    pub command_line: String,
+}
+
+/// Why compare failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    /// Bad options.
+    #[error("{0}")]
+    Options(String),
+    /// The processes.
+    #[error(transparent)]
+    Testbed(#[from] TestbedError),
+    /// The load generator refused a scenario.
+    #[error("scenario {scenario}: {source}")]
+    Load {
+        /// Which.
+        scenario: String,
+        /// Why.
+        source: load::BenchError,
+    },
+    /// Writing the report, building the runtime.
+    #[error("{what}: {source}")]
+    Io {
+        /// What.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The chart.
+    #[error("chart: {0}")]
+    Chart(String),
+}
+
+/// What a finished run wrote.
+#[derive(Debug)]
+pub struct CompareOutcome {
+    /// The report.
+    pub report: Report,
+    /// `report.md`, `report.json`, `chart.svg`.
+    pub files: Vec<PathBuf>,
+    /// Stopped by Ctrl-C (a partial report was written when any scenario finished).
+    pub interrupted: bool,
+}
+
+/// Progress events for the caller's progress bar.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// Starting the processes.
+    Starting,
+    /// A phase is running: overall position and total in ms, and a message.
+    Running {
+        /// Done so far (ms of load).
+        position_ms: u64,
+        /// Total (ms of load).
+        total_ms: u64,
+        /// Scenario and phase.
+        message: String,
+    },
+    /// A scenario finished: one summary line.
+    Finished(String),
+    /// The run is over (the bar can go).
+    Done,
+}
+
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Option<u64>>,
+}
+
+impl Sampler {
+    /// Samples VmRSS of `pid` every 100 ms; `finish` returns the largest.
+    fn start(pid: u32) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let mut peak = Proc::Pid(pid).rss_kb();
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if let Some(kb) = Proc::Pid(pid).rss_kb() {
+                    peak = Some(peak.map_or(kb, |p| p.max(kb)));
+                }
+            }
+            peak
+        });
+        Sampler { stop, handle }
+    }
+
+    fn finish(self) -> Option<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().ok().flatten()
+    }
+}
+
+/// Summed CPU ticks of several processes (`None` if any is unreadable).
+fn cpu_ticks_sum(procs: &[Proc]) -> Option<u64> {
+    procs.iter().map(|p| p.cpu_ticks().map(|t| t.total())).sum()
+}
+
+/// Runs the comparison. `stop` is set on Ctrl-C (the caller installs the handler).
+pub fn run(
+    options: CompareOptions,
+    stop: Arc<AtomicBool>,
+    progress: impl Fn(Progress) + Send + Sync + 'static,
+) -> Result<CompareOutcome, CompareError> {
+    let started = SystemTime::now();
+    let machine = Machine::read();
+    let pinning = Pinning::resolve(
+        &machine.cpus_usable,
+        options.balancer_cpus.clone(),
+        options.load_cpus.clone(),
+        options.backend_cpus.clone(),
+        options.no_pin,
+    )
+    .map_err(CompareError::Options)?;
+    let everywhere = CpuList::new(machine.cpus_usable.clone());
+    if let Some(load_cpus) = &pinning.load {
+        // Before the runtime exists, so its threads inherit the mask.
+        pinning::pin_current_thread(load_cpus).map_err(|source| CompareError::Io {
+            what: format!("cannot pin the load generator to CPU {load_cpus}"),
+            source,
+        })?;
+    }
+    let load_cores = options
+        .load_threads
+        .min(
+            pinning
+                .load
+                .as_ref()
+                .map_or(machine.cpus_usable.len(), CpuList::len),
+        )
+        .max(1) as f64;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.load_threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|source| CompareError::Io {
+            what: "cannot start the load generator's runtime".to_string(),
+            source,
+        })?;
+
+    progress(Progress::Starting);
+    // Children are started from this (main) thread: PR_SET_PDEATHSIG follows the thread.
+    let mut bed = Testbed::start(
+        &TestbedOptions {
+            executable: options.executable.clone(),
+            body_bytes: options.body_bytes,
+            balancer_cpus: Some(
+                pinning
+                    .balancer
+                    .clone()
+                    .unwrap_or_else(|| everywhere.clone()),
+            ),
+            backend_cpus: Some(
+                pinning
+                    .backends
+                    .clone()
+                    .unwrap_or_else(|| everywhere.clone()),
+            ),
+        },
+        &stop,
+    )?;
+    let mut pin_lines = vec![format!("pinning asked: {}", pinning.describe())];
+    pin_lines.push(format!(
+        "pinning seen by the kernel (Cpus_allowed_list): balancer {}; backends {}; load generator {} ({} thread{})",
+        Proc::Pid(bed.balancer.pid()).cpus_allowed().unwrap_or_else(|| "?".into()),
+        Proc::Pid(bed.plain[0].pid()).cpus_allowed().unwrap_or_else(|| "?".into()),
+        Proc::Own.cpus_allowed().unwrap_or_else(|| "?".into()),
+        options.load_threads,
+        if options.load_threads == 1 { "" } else { "s" },
+    ));
+    pin_lines.push(
+        "balancer: `tollgate run`, runtime.worker_threads 1, access_log off; backends: `tollgate backend --threads 1`, 2 plain + 2 TLS"
+            .to_string(),
+    );
+
+    let per_scenario = options.warmup + options.duration;
+    let total_ms = per_scenario.as_millis() as u64 * options.scenarios.len() as u64;
+    let progress = Arc::new(progress);
+    let mut reports = Vec::new();
+    let mut interrupted = false;
+    for (index, scenario) in options.scenarios.iter().enumerate() {
+        if stop.load(Ordering::Relaxed) {
+            interrupted = true;
+            break;
+        }
+        bed.check_alive()?;
+        let base_ms = per_scenario.as_millis() as u64 * index as u64;
+        let label = format!(
+            "[{}/{}] {}",
+            index + 1,
+            options.scenarios.len(),
+            scenario.name()
+        );
+        let plan = plan(&bed, scenario, &options);
+        if !options.warmup.is_zero() {
+            let mut warm = plan.load.clone();
+            warm.duration = options.warmup;
+            let p = Arc::clone(&progress);
+            let message = format!("{label} warm-up");
+            let outcome = run_load(&runtime, warm, &stop, move |elapsed, _| {
+                p(Progress::Running {
+                    position_ms: base_ms
+                        + (elapsed.as_millis() as u64).min(per_scenario.as_millis() as u64),
+                    total_ms,
+                    message: message.clone(),
+                })
+            });
+            match outcome {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    interrupted = true;
+                    break;
+                }
+                Err(source) => {
+                    return Err(CompareError::Load {
+                        scenario: scenario.name(),
+                        source,
+                    })
+                }
+            }
+        }
+        let balancer = Proc::Pid(bed.balancer.pid());
+        let backends: Vec<Proc> = plan.backends.iter().map(|pid| Proc::Pid(*pid)).collect();
+        let before = (
+            balancer.cpu_ticks(),
+            cpu_ticks_sum(&backends),
+            Proc::Own.cpu_ticks(),
+        );
+        let cpus_before = procstat::cpu_times();
+        let sampler = Sampler::start(bed.balancer.pid());
+        let p = Arc::clone(&progress);
+        let warm_ms = options.warmup.as_millis() as u64;
+        let message = label.clone();
+        let outcome = run_load(
+            &runtime,
+            plan.load.clone(),
+            &stop,
+            move |elapsed, requests| {
+                p(Progress::Running {
+                    position_ms: base_ms
+                        + warm_ms
+                        + (elapsed.as_millis() as u64)
+                            .min(per_scenario.as_millis() as u64 - warm_ms),
+                    total_ms,
+                    message: format!("{message}: {requests} requests"),
+                })
+            },
+        );
+        let peak_rss = sampler.finish();
+        let after = (
+            balancer.cpu_ticks(),
+            cpu_ticks_sum(&backends),
+            Proc::Own.cpu_ticks(),
+        );
+        let cpus_after = procstat::cpu_times();
+        let result = match outcome {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                interrupted = true;
+                break;
+            }
+            Err(source) => {
+                return Err(CompareError::Load {
+                    scenario: scenario.name(),
+                    source,
+                })
+            }
+        };
+        let delta = |a: Option<u64>, b: Option<u64>| {
+            Some(ticks_to_duration(b?.saturating_sub(a?)).as_secs_f64())
+        };
+        let through = scenario.mode.through_balancer();
+        let balancer_cpu_s = delta(before.0.map(|t| t.total()), after.0.map(|t| t.total()));
+        // What else ran on the balancer's CPUs: their busy share minus the balancer's own.
+        let balancer_cpus_others = pinning.balancer.as_ref().and_then(|cpus| {
+            let busy = procstat::busy_share(&cpus_before, &cpus_after, cpus.cpus())?;
+            let own = report::cpu_share(balancer_cpu_s?, result.elapsed, cpus.len() as f64)?;
+            Some((busy - own).max(0.0))
+        });
+        let load_cpus_busy = pinning
+            .load
+            .as_ref()
+            .and_then(|cpus| procstat::busy_share(&cpus_before, &cpus_after, cpus.cpus()));
+        let report = ScenarioReport {
+            name: scenario.name(),
+            base: scenario.mode.name().to_string(),
+            connection: scenario.connection.suffix().to_string(),
+            url: plan.load.url.clone(),
+            target: plan.target,
+            result,
+            balancer_cpu_s: if through { balancer_cpu_s } else { None },
+            balancer_peak_rss_kb: if through { peak_rss } else { None },
+            balancer_hwm_kb: if through { balancer.hwm_kb() } else { None },
+            backends_cpu_s: delta(before.1, after.1),
+            backends: plan.backend_names,
+            load_cpu_s: delta(before.2.map(|t| t.total()), after.2.map(|t| t.total())),
+            load_cores,
+            load_cpus_busy,
+            balancer_cpus_others,
+        };
+        progress(Progress::Finished(summary_line(&report)));
+        reports.push(report);
+    }
+    drop(bed);
+    progress(Progress::Done);
+    let report = Report {
+        machine,
+        started,
+        command_line: options.command_line.clone(),
+        options: describe_options(&options),
+        options_json: options_json(&options, &pinning),
+        pinning: pin_lines,
+        selected: options.scenarios.len(),
+        scenarios: reports,
+        interrupted,
+    };
+    let files = if report.scenarios.is_empty() {
+        Vec::new()
+    } else {
+        write(&report, &options.out)?
+    };
+    Ok(CompareOutcome {
+        report,
+        files,
+        interrupted,
+    })
+}
+
+/// Sets the returned flag on Ctrl-C or SIGTERM (a small thread with its own runtime), so
+/// `run` stops between phases, drops the testbed (killing the children) and writes what
+/// it has.
+pub fn stop_on_signal() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let spawned = std::thread::Builder::new()
+        .name("compare-signals".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                #[cfg(unix)]
+                {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    if let Ok(mut term) = signal(SignalKind::terminate()) {
+                        tokio::select! {
+                            _ = term.recv() => {}
+                            _ = tokio::signal::ctrl_c() => {}
+                        }
+                        return;
+                    }
+                }
+                let _ = tokio::signal::ctrl_c().await;
+            });
+            flag.store(true, Ordering::Relaxed);
+        });
+    if spawned.is_err() {
+        tracing::warn!("no signal thread: Ctrl-C will not write a partial report");
+    }
+    stop
+}
+
+/// An indicatif bar on stderr for [`run`]: overall position, scenario in the message,
+/// one line per finished scenario.
+pub fn stderr_progress() -> impl Fn(Progress) + Send + Sync + 'static {
+    let bar =
+        indicatif::ProgressBar::with_draw_target(Some(1), indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {percent:>3}% eta {eta:>4} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    move |event| match event {
+        Progress::Starting => bar.set_message("starting the backends and the balancer"),
+        Progress::Running {
+            position_ms,
+            total_ms,
+            message,
+        } => {
+            bar.set_length(total_ms.max(1));
+            bar.set_position(position_ms);
+            bar.set_message(message);
+        }
+        Progress::Finished(line) => bar.suspend(|| eprintln!("{line}")),
+        Progress::Done => bar.finish_and_clear(),
+    }
+}
+
+/// What one scenario sends where.
+struct Plan {
+    load: LoadOptions,
+    target: String,
+    backends: Vec<u32>,
+    backend_names: Vec<String>,
+}
+
+fn plan(bed: &Testbed, scenario: &Scenario, options: &CompareOptions) -> Plan {
+    let edge = bed.balancer.addr;
+    let (url, connect_to, serving, target) = match scenario.mode {
+        Mode::DirectPlain => {
+            let b = &bed.plain[0];
+            (
+                format!("http://{}/", b.addr),
+                b.addr,
+                vec![b],
+                format!("backend {} (plain)", b.name),
+            )
+        }
+        Mode::DirectTls => {
+            let b = &bed.tls[0];
+            (
+                format!("https://{}:{}/", testbed::PASSTHROUGH_NAME, b.addr.port()),
+                b.addr,
+                vec![b],
+                format!("backend {} (TLS)", b.name),
+            )
+        }
+        Mode::Passthrough => (
+            format!("https://{}:{}/", testbed::PASSTHROUGH_NAME, edge.port()),
+            edge,
+            bed.tls.iter().collect(),
+            "balancer, passthrough to tls-a, tls-b".to_string(),
+        ),
+        Mode::TerminatePerRequest => (
+            format!("https://{}:{}/", testbed::TERMINATE_NAME, edge.port()),
+            edge,
+            bed.plain.iter().collect(),
+            "balancer, terminate, per_request to plain-a, plain-b".to_string(),
+        ),
+        Mode::TerminatePooled => (
+            format!("https://{}:{}/", testbed::POOLED_NAME, edge.port()),
+            edge,
+            bed.plain.iter().collect(),
+            "balancer, terminate, pooled to plain-a, plain-b".to_string(),
+        ),
+    };
+    let https = url.starts_with("https");
+    Plan {
+        load: LoadOptions {
+            url,
+            connect_to: Some(connect_to),
+            connections: options.connections.max(1),
+            duration: options.duration,
+            rate: options.rate,
+            new_connection: scenario.connection == Connection::NewConn,
+            resume: true,
+            sni: None,
+            cacert: https.then(|| bed.ca_file.clone()),
+            insecure: false,
+            expect_status: Some(200),
+            // The backends pad every body to exactly body_bytes once it exceeds their
+            // short text line (~100 bytes); below that the load generator learns the
+            // length from the first answer.
+            expect_length: (options.body_bytes >= 256).then_some(options.body_bytes as u64),
+            timeout: Duration::from_secs(10),
+        },
+        target,
+        backends: serving.iter().map(|b| b.pid()).collect(),
+        backend_names: serving.iter().map(|b| b.name.clone()).collect(),
+    }
+}
+
+/// Runs the load unless Ctrl-C comes first (`Ok(None)`).
+fn run_load(
+    runtime: &tokio::runtime::Runtime,
+    options: LoadOptions,
+    stop: &AtomicBool,
+    progress: impl Fn(Duration, u64) + Send + 'static,
+) -> Result<Option<LoadResult>, load::BenchError> {
+    runtime.block_on(async {
+        let work = load::run(options, progress);
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                result = &mut work => return result.map(Some),
+                _ = tick.tick() => {
+                    if stop.load(Ordering::Relaxed) {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn summary_line(r: &ScenarioReport) -> String {
+    let notes = r.trust_notes();
+    format!(
+        "{:<32} {:>9.0} req/s  p99 {:>8.3} ms  errors {}{}",
+        r.name,
+        r.result.requests_per_sec(),
+        r.result.latency_ms(0.99),
+        r.result.errors.total(),
+        if notes.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", notes.join("; "))
+        }
+    )
+}
+
+fn describe_options(o: &CompareOptions) -> Vec<(String, String)> {
+    let list = |l: &Option<CpuList>| l.as_ref().map_or("default".to_string(), |l| l.to_string());
+    vec![
+        ("duration per scenario".into(), format!("{:?}", o.duration)),
+        (
+            "warm-up per scenario (not measured)".into(),
+            format!("{:?}", o.warmup),
+        ),
+        ("connections".into(), o.connections.to_string()),
+        (
+            "rate".into(),
+            o.rate
+                .map_or("closed loop (as fast as answers come)".to_string(), |r| {
+                    format!("open loop, {r} req/s in total")
+                }),
+        ),
+        ("response body bytes".into(), o.body_bytes.to_string()),
+        ("load generator threads".into(), o.load_threads.to_string()),
+        (
+            "CPU options".into(),
+            if o.no_pin {
+                "--no-pin".to_string()
+            } else {
+                format!(
+                    "--balancer-cpus {}, --load-cpus {}, --backend-cpus {}",
+                    list(&o.balancer_cpus),
+                    list(&o.load_cpus),
+                    list(&o.backend_cpus)
+                )
+            },
+        ),
+        (
+            "scenarios".into(),
+            o.scenarios
+                .iter()
+                .map(Scenario::name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        (
+            "new-connection rows".into(),
+            "Connection: close on every request, TLS session resumption on".into(),
+        ),
+    ]
+}
+
+fn options_json(o: &CompareOptions, pinning: &Pinning) -> serde_json::Value {
+    let cpus = |l: &Option<CpuList>| l.as_ref().map(|l| l.cpus().to_vec());
+    serde_json::json!({
+        "duration_s": o.duration.as_secs_f64(),
+        "warmup_s": o.warmup.as_secs_f64(),
+        "connections": o.connections,
+        "rate": o.rate,
+        "body_bytes": o.body_bytes,
+        "load_threads": o.load_threads,
+        "scenarios": o.scenarios.iter().map(Scenario::name).collect::<Vec<_>>(),
+        "no_pin": o.no_pin,
+        "balancer_cpus": cpus(&pinning.balancer),
+        "backend_cpus": cpus(&pinning.backends),
+        "load_cpus": cpus(&pinning.load),
+        "newconn_tls_resumption": true,
+    })
+}
+
+/// Writes report.md, report.json and chart.svg into `out`.
+pub fn write(report: &Report, out: &std::path::Path) -> Result<Vec<PathBuf>, CompareError> {
+    let io = |what: String| move |source| CompareError::Io { what, source };
+    std::fs::create_dir_all(out).map_err(io(format!("cannot create {}", out.display())))?;
+    let series: Vec<ChartSeries> = report
+        .scenarios
+        .iter()
+        .map(|s| ChartSeries {
+            name: s.name.clone(),
+            colour: Mode::ALL
+                .iter()
+                .find(|m| m.name() == s.base)
+                .map_or(0, |m| m.index()),
+            keepalive: s.connection == Connection::KeepAlive.suffix(),
+            latency_curve: s.latency_curve(),
+            requests_per_sec: s.result.requests_per_sec(),
+        })
+        .collect();
+    let svg = chart::render_svg(&series).map_err(CompareError::Chart)?;
+    let json = serde_json::to_string_pretty(&report.to_json()).unwrap_or_default() + "\n";
+    let files = [
+        (out.join("report.md"), report.to_markdown()),
+        (out.join("report.json"), json),
+        (out.join("chart.svg"), svg),
+    ];
+    for (path, text) in &files {
+        std::fs::write(path, text).map_err(io(format!("cannot write {}", path.display())))?;
+    }
+    Ok(files.into_iter().map(|(p, _)| p).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ten_scenarios_with_the_documented_names() {
+        let names: Vec<String> = Scenario::all().iter().map(Scenario::name).collect();
+        assert_eq!(
+            names,
+            [
+                "direct-plain-keepalive",
+                "direct-tls-keepalive",
+                "passthrough-keepalive",
+                "terminate-per-request-keepalive",
+                "terminate-pooled-keepalive",
+                "direct-plain-newconn",
+                "direct-tls-newconn",
+                "passthrough-newconn",
+                "terminate-per-request-newconn",
+                "terminate-pooled-newconn",
+            ]
+        );
+    }
+
+    #[test]
+    fn selects_by_full_or_base_name() {
+        let names =
+            |t: &str| Scenario::select(t).map(|v| v.iter().map(Scenario::name).collect::<Vec<_>>());
+        assert_eq!(
+            names("passthrough, direct-plain-newconn").unwrap(),
+            [
+                "passthrough-keepalive",
+                "direct-plain-newconn",
+                "passthrough-newconn"
+            ]
+        );
+        assert_eq!(
+            names("terminate-pooled-keepalive,terminate-pooled-keepalive")
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            names("direct-plain,direct-tls,passthrough,terminate-per-request,terminate-pooled")
+                .unwrap()
+                .len(),
+            10
+        );
+        assert!(names("terminate")
+            .unwrap_err()
+            .contains("unknown scenario \"terminate\""));
+        assert!(names("").is_err());
+    }
+}
