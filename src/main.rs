@@ -251,7 +251,15 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         indicatif::ProgressStyle::with_template("{bar:40} {elapsed}/{duration} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let rt = runtime(args.threads)?;
+    // One thread: a current-thread runtime, without work-stealing overhead (like wrk -t1).
+    let rt = if args.threads == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the tokio runtime")?
+    } else {
+        runtime(args.threads)?
+    };
     let progress_bar = bar.clone();
     let result = rt.block_on(load::run(options, move |elapsed, requests| {
         progress_bar.set_position(elapsed.as_millis() as u64);

@@ -128,6 +128,11 @@ impl ScenarioReport {
         cpu_per_1k(self.balancer_cpu_s?, self.result.requests)
     }
 
+    /// The balancer's CPU as a share of one core over the run (1.0: one core busy).
+    pub fn balancer_cpu_share(&self) -> Option<f64> {
+        cpu_share(self.balancer_cpu_s?, self.result.elapsed, 1.0)
+    }
+
     /// Backends' CPU-seconds per 1,000 requests.
     pub fn backends_cpu_per_1k(&self) -> Option<f64> {
         cpu_per_1k(self.backends_cpu_s?, self.result.requests)
@@ -170,6 +175,7 @@ impl ScenarioReport {
             "latency_curve_ms": self.latency_curve().iter().map(|(p, ms)| serde_json::json!({"percentile": p, "ms": ms})).collect::<Vec<_>>(),
             "balancer_cpu_s": self.balancer_cpu_s,
             "balancer_cpu_s_per_1k_requests": self.balancer_cpu_per_1k(),
+            "balancer_cpu_share_of_one_core": self.balancer_cpu_share(),
             "balancer_peak_rss_mb": mb(self.balancer_peak_rss_kb),
             "balancer_vm_hwm_mb": mb(self.balancer_hwm_kb),
             "backends": self.backends,
@@ -243,14 +249,14 @@ impl Report {
     /// The results table (Markdown).
     pub fn table(&self) -> String {
         let mut out = String::from(
-            "| scenario | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | LB CPU-s/1k req | LB peak RSS MB | LB VmHWM MB | backends CPU-s/1k req | load-gen CPU % | trust notes |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
+            "| scenario | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | LB CPU-s/1k req | LB CPU % | LB peak RSS MB | LB VmHWM MB | backends CPU-s/1k req | load-gen CPU % | trust notes |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
         );
         for s in &self.scenarios {
             let r = &s.result;
             let notes = s.trust_notes();
             out.push_str(&format!(
-                "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 s.name,
                 r.requests_per_sec(),
                 r.latency_ms(0.50),
@@ -260,6 +266,7 @@ impl Report {
                 r.latency_us.max() as f64 / 1000.0,
                 r.errors.total(),
                 opt(s.balancer_cpu_per_1k(), 4),
+                opt(s.balancer_cpu_share().map(|f| f * 100.0), 0),
                 opt(s.balancer_peak_rss_kb.map(|k| k as f64 / 1024.0), 1),
                 opt(s.balancer_hwm_kb.map(|k| k as f64 / 1024.0), 1),
                 opt(s.backends_cpu_per_1k(), 4),
@@ -324,7 +331,8 @@ impl Report {
         md.push_str(
             "\nLatencies in milliseconds, from the load generator (closed loop unless a rate is set: then \
              corrected for coordinated omission). CPU-s/1k req: CPU-seconds (user + system, from /proc) per \
-             1,000 correct answers. LB peak RSS: the largest VmRSS sampled every 100 ms during the run; \
+             1,000 correct answers. LB CPU %: the balancer's CPU time over the run, in % of one core \
+             (near 100: the balancer is the limit). LB peak RSS: the largest VmRSS sampled every 100 ms during the run; \
              VmHWM: the balancer's peak since it started (it ran every scenario before this one). \
              Load-gen CPU: this process's CPU as a share of the cores it was given. Trust notes also \
              flag a busy load CPU (all processes, from /proc/stat) and other processes on the \
