@@ -195,7 +195,10 @@ impl PoolClient {
             }
             let IdleConn { mut sender, .. } = candidate;
             // The previous response has been read to its end; readiness is immediate
-            // unless the connection broke.
+            // unless the connection broke (no timer on that common path).
+            if sender.is_ready() {
+                return Some((sender, self.pool.acquire(index)));
+            }
             match tokio::time::timeout(Duration::from_millis(100), sender.ready()).await {
                 Ok(Ok(())) => return Some((sender, self.pool.acquire(index))),
                 _ => continue,
