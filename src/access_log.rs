@@ -63,6 +63,7 @@ pub struct AccessLog {
     sender: Option<mpsc::Sender<String>>,
     format: Format,
     dropped: AtomicU64,
+    dropped_metric: Option<prometheus::IntCounter>,
 }
 
 /// The destination.
@@ -83,11 +84,17 @@ impl AccessLog {
             sender: None,
             format: Format::Json,
             dropped: AtomicU64::new(0),
+            dropped_metric: None,
         }
     }
 
-    /// Opens the sink and starts its writer task (inside a tokio runtime).
-    pub fn start(sink: &Sink, format: Format) -> std::io::Result<Self> {
+    /// Opens the sink and starts its writer thread; dropped lines also count in
+    /// `dropped_metric` (`tollgate_access_log_dropped_total`).
+    pub fn start(
+        sink: &Sink,
+        format: Format,
+        dropped_metric: Option<prometheus::IntCounter>,
+    ) -> std::io::Result<Self> {
         let mut out: Box<dyn Write + Send> = match sink {
             Sink::Off => return Ok(Self::off()),
             Sink::Stderr => Box::new(std::io::stderr()),
@@ -117,6 +124,7 @@ impl AccessLog {
             sender: Some(sender),
             format,
             dropped: AtomicU64::new(0),
+            dropped_metric,
         })
     }
 
@@ -141,6 +149,9 @@ impl AccessLog {
         };
         if sender.try_send(line).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            if let Some(metric) = &self.dropped_metric {
+                metric.inc();
+            }
         }
     }
 }

@@ -69,6 +69,12 @@ pub const METRICS: &[(&str, &str, &[&str], &str)] = &[
         "New backend connections opened",
     ),
     (
+        "tollgate_access_log_dropped_total",
+        "counter",
+        &[],
+        "Access log lines dropped because the writer fell behind",
+    ),
+    (
         "tollgate_config_reloads_total",
         "counter",
         &["outcome"],
@@ -102,6 +108,8 @@ pub struct Metrics {
     pub backend_connections_total: IntCounterVec,
     /// tollgate_config_reloads_total
     pub config_reloads_total: IntCounterVec,
+    /// tollgate_access_log_dropped_total
+    pub access_log_dropped_total: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -173,6 +181,7 @@ impl Metrics {
             ),
             backend_connections_total: counter(&registry, "tollgate_backend_connections_total"),
             config_reloads_total: counter(&registry, "tollgate_config_reloads_total"),
+            access_log_dropped_total: counter(&registry, "tollgate_access_log_dropped_total"),
             registry,
         }
     }

@@ -326,10 +326,14 @@ impl Server {
             crate::config::AccessLog::Stderr => crate::access_log::Sink::Stderr,
             crate::config::AccessLog::File(p) => crate::access_log::Sink::File(p.clone()),
         };
-        let access_log = crate::access_log::AccessLog::start(&sink, config.access_log_format)
-            .map_err(|e| {
-                StartError::Config(ConfigError::new("access_log", format!("cannot open: {e}")))
-            })?;
+        let dropped = metrics
+            .access_log_dropped_total
+            .with_label_values::<&str>(&[]);
+        let access_log =
+            crate::access_log::AccessLog::start(&sink, config.access_log_format, Some(dropped))
+                .map_err(|e| {
+                    StartError::Config(ConfigError::new("access_log", format!("cannot open: {e}")))
+                })?;
         let ctx = Arc::new(Context {
             access_log: Arc::new(access_log),
             state: ArcSwap::from_pointee(snapshot),

@@ -1,7 +1,10 @@
 //! Configuration: `file.rs` is the YAML model (unknown keys rejected), `validate.rs`
-//! turns it into the runtime [`Config`]. [`load`] does both for a path.
+//! turns it into the runtime [`Config`] whose types live in `model.rs`. [`load`] does
+//! both for a path.
 
 pub mod file;
+pub mod model;
+mod pools;
 pub mod validate;
 
 use std::path::Path;

@@ -1,0 +1,180 @@
+//! The load generator against a real local server: closed loop counts every answer and
+//! checks status and length; open loop measures from each request's intended send time,
+//! so a stall shows in every request scheduled during it (coordinated omission corrected),
+//! while a closed loop hides it in a single sample.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tollgate::bench::load::{run, LoadOptions};
+
+/// A server whose request number `stall_at` (0-based) waits `stall` before answering;
+/// answers 500 for the path `/fail`.
+async fn server(stall_at: usize, stall: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let n = count.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            if n == stall_at {
+                                tokio::time::sleep(stall).await;
+                            }
+                            let mut response =
+                                Response::new(Full::new(Bytes::from_static(b"0123456789")));
+                            if req.uri().path() == "/fail" {
+                                *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                            }
+                            Ok::<_, Infallible>(response)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn options(url: String, rate: Option<f64>, duration: Duration) -> LoadOptions {
+    LoadOptions {
+        url,
+        connect_to: None,
+        connections: 1,
+        duration,
+        rate,
+        new_connection: false,
+        resume: true,
+        sni: None,
+        cacert: None,
+        insecure: false,
+        expect_status: None,
+        expect_length: None,
+        timeout: Duration::from_secs(5),
+    }
+}
+
+/// Samples at or above `ms` milliseconds.
+fn slow_samples(result: &tollgate::bench::load::LoadResult, ms: u64) -> u64 {
+    result
+        .latency_us
+        .iter_recorded()
+        .filter(|v| v.value_iterated_to() >= ms * 1000)
+        .map(|v| v.count_at_value())
+        .sum()
+}
+
+#[tokio::test]
+async fn open_loop_charges_a_stall_to_every_request_scheduled_during_it() {
+    // 100 req/s for 1.5 s on one connection; the 10th request stalls 500 ms, so about 50
+    // requests were due during the stall.
+    let stall = Duration::from_millis(500);
+    let open_addr = server(10, stall).await;
+    let open = run(
+        options(
+            format!("http://{open_addr}/"),
+            Some(100.0),
+            Duration::from_millis(1500),
+        ),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(open.errors.total(), 0);
+    assert!(open.requests >= 140, "open loop sent {}", open.requests);
+    let open_slow = slow_samples(&open, 200);
+    assert!(
+        open_slow >= 20,
+        "only {open_slow} samples carry the stall in open loop"
+    );
+
+    // The same stall in a closed loop shows in one sample only.
+    let closed_addr = server(10, stall).await;
+    let closed = run(
+        options(
+            format!("http://{closed_addr}/"),
+            None,
+            Duration::from_millis(1500),
+        ),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(closed.errors.total(), 0);
+    assert_eq!(
+        slow_samples(&closed, 200),
+        1,
+        "closed loop hides the stall in one sample"
+    );
+    let json = open.to_json("x");
+    assert_eq!(json["open_loop"], true);
+    assert!(json["latency_ms"]["p99"].as_f64().unwrap() >= 200.0);
+    assert!(json["requests_per_sec"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn wrong_status_and_length_count_as_errors() {
+    let addr = server(usize::MAX, Duration::ZERO).await;
+    let failing = run(
+        options(
+            format!("http://{addr}/fail"),
+            None,
+            Duration::from_millis(300),
+        ),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(failing.requests, 0);
+    assert!(failing
+        .errors
+        .pairs()
+        .iter()
+        .any(|(k, n)| *k == "status" && *n > 0));
+
+    let mut wrong_length = options(format!("http://{addr}/"), None, Duration::from_millis(300));
+    wrong_length.expect_length = Some(11);
+    let result = run(wrong_length, |_, _| {}).await.unwrap();
+    assert_eq!(result.requests, 0);
+    assert!(result
+        .errors
+        .pairs()
+        .iter()
+        .any(|(k, n)| *k == "length" && *n > 0));
+
+    let refused = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let result = run(
+        options(
+            format!("http://{refused}/"),
+            None,
+            Duration::from_millis(200),
+        ),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert!(result
+        .errors
+        .pairs()
+        .iter()
+        .any(|(k, n)| *k == "connect" && *n > 0));
+}

@@ -1,0 +1,111 @@
+//! The `tollgate run` binary as an operator drives it: it serves, SIGHUP reloads the
+//! file (a new route appears, a bad file is refused and the old config keeps serving),
+//! SIGTERM drains and exits 0.
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use tokio::net::TcpStream;
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on a child process id we own.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig})");
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Option<Got> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let mut conn = HttpConn::over(stream).await;
+    conn.get("x.test", path).await.ok()
+}
+
+#[tokio::test]
+async fn run_serves_reloads_on_sighup_and_drains_on_sigterm() {
+    let a = origin("a", None).await;
+    let b = origin("b", None).await;
+    let listen = free_port();
+    let yaml = |extra_route: &str| {
+        format!(
+            "access_log: off\nlisteners: [ {{ name: web, listen: \"{listen}\", protocol: http, routes: main }} ]\nroutes:\n  main:\n{extra_route}    - {{ pool: a }}\npools:\n  a: {{ servers: [ {{ addr: \"{}\" }} ] }}\n  b: {{ servers: [ {{ addr: \"{}\" }} ] }}\n",
+            a.addr, b.addr
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tollgate.yaml");
+    std::fs::write(&file, yaml("")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["run", "-c"])
+        .arg(&file)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let first = loop {
+        if let Some(got) = get(listen, "/b/x").await {
+            break got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tollgate run never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(first.header("x-backend").as_deref(), Some("a"));
+
+    // SIGHUP with a new route.
+    std::fs::write(&file, yaml("    - { path_prefix: /b, pool: b }\n")).unwrap();
+    signal(pid, libc::SIGHUP);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let got = get(listen, "/b/x").await.expect("served during reload");
+        if got.header("x-backend").as_deref() == Some("b") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reload never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // SIGHUP with a broken file: still serving the last good config.
+    let mut f = std::fs::File::create(&file).unwrap();
+    f.write_all(b"listeners: [ broken").unwrap();
+    drop(f);
+    signal(pid, libc::SIGHUP);
+    for _ in 0..5 {
+        let got = get(listen, "/b/x")
+            .await
+            .expect("still serving after a bad reload");
+        assert_eq!(got.header("x-backend").as_deref(), Some("b"));
+    }
+
+    // SIGTERM: drains and exits 0.
+    signal(pid, libc::SIGTERM);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tollgate did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+}
