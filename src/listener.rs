@@ -247,13 +247,28 @@ async fn handle(
                 sni: None,
                 access: &ctx.access_log,
             };
-            splice_to_pool(stream, origin, &[], pool, Mode::Tcp, listener, &snapshot).await;
+            // Each branch is boxed: a connection's task then holds only the state of the
+            // path it takes, not the largest (terminate + hyper), which matters for idle
+            // connections by the thousand.
+            Box::pin(splice_to_pool(
+                stream,
+                origin,
+                &[],
+                pool,
+                Mode::Tcp,
+                listener,
+                &snapshot,
+            ))
+            .await;
         }
         ListenerKind::Tls { sni } => {
-            handle_tls(stream, peer, sni, listener, &snapshot, &ctx).await;
+            Box::pin(handle_tls(stream, peer, sni, listener, &snapshot, &ctx)).await;
         }
         ListenerKind::Http { .. } => {
-            crate::http::serve_plain(stream, peer, listener, &snapshot, &ctx).await;
+            Box::pin(crate::http::serve_plain(
+                stream, peer, listener, &snapshot, &ctx,
+            ))
+            .await;
         }
     }
 }
@@ -305,7 +320,10 @@ async fn handle_tls(
             .await;
         }
         Some(SniAction::Terminate(routes)) => {
-            crate::http::serve_tls(stream, peer, hello, routes, listener, snapshot, ctx).await;
+            Box::pin(crate::http::serve_tls(
+                stream, peer, hello, routes, listener, snapshot, ctx,
+            ))
+            .await;
         }
         Some(SniAction::Reject) => {
             listener.counters.rejected();

@@ -171,17 +171,22 @@ pub async fn serve_tls(
     let counted = Arc::clone(table);
     let table = Arc::clone(table);
     let timeouts = snapshot.config.timeouts;
-    let end = serve_connection(tls, limits(snapshot), &ctx.shutdown, |activity| {
-        let cx = ProxyContext {
-            table,
-            peer,
-            proto: "https",
-            timeouts,
-            activity,
-            conn,
-        };
-        hyper::service::service_fn(move |req| proxy::handle(req, cx.clone()))
-    })
+    let end = Box::pin(serve_connection(
+        tls,
+        limits(snapshot),
+        &ctx.shutdown,
+        |activity| {
+            let cx = ProxyContext {
+                table,
+                peer,
+                proto: "https",
+                timeouts,
+                activity,
+                conn,
+            };
+            hyper::service::service_fn(move |req| proxy::handle(req, cx.clone()))
+        },
+    ))
     .await;
     count_end(end, Some(&counted));
     tracing::debug!(end = ?end, "terminated connection closed");
@@ -199,6 +204,17 @@ pub async fn serve_plain(
         return;
     };
     let _active = listener.counters.open(Mode::Http);
+    // hyper allocates its read and write buffers (8 KiB each) as soon as it owns the
+    // connection: an idle client that has sent nothing yet costs only the socket and this
+    // task until its first byte (bounded by client_idle, like any idle connection).
+    let first_byte = tokio::select! {
+        ready = tokio::time::timeout(snapshot.config.timeouts.client_idle, stream.readable()) => ready,
+        _ = ctx.shutdown.cancelled() => return,
+    };
+    if !matches!(first_byte, Ok(Ok(()))) {
+        tracing::debug!("connection idle before its first request; closing");
+        return;
+    }
     let end = match action {
         HttpAction::Routes(routes) => {
             let Some(table) = snapshot.l7.table(routes) else {
@@ -209,35 +225,45 @@ pub async fn serve_plain(
             let counted = Arc::clone(table);
             let table = Arc::clone(table);
             let timeouts = snapshot.config.timeouts;
-            let end = serve_connection(stream, limits(snapshot), &ctx.shutdown, |activity| {
-                let cx = ProxyContext {
-                    table,
-                    peer,
-                    proto: "http",
-                    timeouts,
-                    activity,
-                    conn,
-                };
-                hyper::service::service_fn(move |req| proxy::handle(req, cx.clone()))
-            })
+            let end = Box::pin(serve_connection(
+                stream,
+                limits(snapshot),
+                &ctx.shutdown,
+                |activity| {
+                    let cx = ProxyContext {
+                        table,
+                        peer,
+                        proto: "http",
+                        timeouts,
+                        activity,
+                        conn,
+                    };
+                    hyper::service::service_fn(move |req| proxy::handle(req, cx.clone()))
+                },
+            ))
             .await;
             count_end(end, Some(&counted));
             end
         }
         HttpAction::RedirectHttps(port) => {
             let port = *port;
-            serve_connection(stream, limits(snapshot), &ctx.shutdown, |activity| {
-                hyper::service::service_fn(move |req| {
-                    activity.request_started();
-                    let response = if proxy::has_ambiguous_framing(&req, &activity) {
-                        proxy::ambiguous_framing_response()
-                    } else {
-                        proxy::redirect(&req, port)
-                    };
-                    activity.request_finished();
-                    async move { Ok::<_, std::convert::Infallible>(response) }
-                })
-            })
+            Box::pin(serve_connection(
+                stream,
+                limits(snapshot),
+                &ctx.shutdown,
+                |activity| {
+                    hyper::service::service_fn(move |req| {
+                        activity.request_started();
+                        let response = if proxy::has_ambiguous_framing(&req, &activity) {
+                            proxy::ambiguous_framing_response()
+                        } else {
+                            proxy::redirect(&req, port)
+                        };
+                        activity.request_finished();
+                        async move { Ok::<_, std::convert::Infallible>(response) }
+                    })
+                },
+            ))
             .await
         }
     };
