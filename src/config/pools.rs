@@ -123,6 +123,12 @@ pub(super) fn validate_health(base: &str, h: &HealthFile) -> Result<HealthSpec, 
             "must be greater than zero",
         ));
     }
+    if timeout.is_zero() {
+        return Err(ConfigError::new(
+            format!("{base}.timeout"),
+            "must be greater than zero",
+        ));
+    }
     if rise == 0 {
         return Err(ConfigError::new(
             format!("{base}.rise"),

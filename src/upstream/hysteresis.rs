@@ -57,6 +57,15 @@ impl Hysteresis {
         })
     }
 
+    /// Takes over the state and current run of `previous` (the same backend before a
+    /// reload), keeping this one's own `rise` and `fall`.
+    pub fn carry_over(&mut self, previous: &Hysteresis) {
+        self.up = previous.up;
+        self.run = previous
+            .run
+            .min(if self.up { self.fall } else { self.rise } - 1);
+    }
+
     /// Forces the state down (passive health); `rise` successes bring it back.
     pub fn force_down(&mut self) -> Option<Transition> {
         self.run = 0;
@@ -110,6 +119,26 @@ mod tests {
         let mut h = Hysteresis::new(1, 1, true);
         assert_eq!(h.record(false), Some(Transition::Down));
         assert_eq!(h.record(true), Some(Transition::Up));
+    }
+
+    #[test]
+    fn carry_over_keeps_the_new_thresholds() {
+        let mut old = Hysteresis::new(2, 5, true);
+        old.record(false);
+        old.record(false);
+        old.record(false);
+        let mut new = Hysteresis::new(2, 2, true);
+        new.carry_over(&old);
+        // Three failures already counted, but the new fall is 2: one more takes it down.
+        assert!(new.is_up());
+        assert_eq!(new.record(false), Some(Transition::Down));
+        let down = Hysteresis::new(1, 1, false);
+        let mut fresh = Hysteresis::new(3, 3, true);
+        fresh.carry_over(&down);
+        assert!(!fresh.is_up());
+        assert_eq!(fresh.record(true), None);
+        assert_eq!(fresh.record(true), None);
+        assert_eq!(fresh.record(true), Some(Transition::Up));
     }
 
     #[test]

@@ -174,7 +174,7 @@ impl Backend {
     pub fn inherit(&self, previous: &Backend) {
         let up = previous.is_up();
         if let (Ok(mut mine), Ok(theirs)) = (self.state.lock(), previous.state.lock()) {
-            *mine = theirs.clone();
+            mine.carry_over(&theirs);
         }
         self.passive_failures.store(
             previous.passive_failures.load(Ordering::Relaxed),
@@ -301,6 +301,10 @@ impl Pool {
     /// Carries health state over from the pool of the same name before a reload, for
     /// every backend with the same name and address.
     pub fn inherit_health(&self, previous: &Pool) {
+        // Without active checks nothing would bring a carried-over down state back.
+        if self.spec.health.is_none() {
+            return;
+        }
         for backend in &self.backends {
             if let Some(old) = previous
                 .backends
