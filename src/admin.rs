@@ -136,10 +136,27 @@ fn status_json(ctx: &Context) -> String {
             })
         })
         .collect();
+    let now = std::time::Instant::now();
+    let bans: Vec<serde_json::Value> = snapshot
+        .listeners
+        .iter()
+        .filter_map(|l| l.protection.ban.as_ref().map(|b| (l, b)))
+        .flat_map(|(l, table)| {
+            table.current(now).into_iter().map(move |(ip, left)| {
+                serde_json::json!({
+                    "listener": l.spec.name,
+                    "address": ip.to_string(),
+                    "on": table.spec().on.as_str(),
+                    "remaining_seconds": left.as_secs_f64().ceil() as u64,
+                })
+            })
+        })
+        .collect();
     serde_json::json!({
         "draining": ctx.shutdown.is_cancelled(),
         "listeners": listeners,
         "pools": pools,
+        "bans": bans,
     })
     .to_string()
 }

@@ -29,6 +29,7 @@ pub mod l4;
 pub mod listener;
 pub mod metrics;
 pub mod origin;
+pub mod protect;
 pub mod route;
 pub mod server;
 pub mod tls;

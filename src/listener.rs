@@ -17,10 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::access_log::{AccessLog, Record};
-use crate::config::{ListenerKind, ListenerSpec, SniAction};
+use crate::config::{BanOn, ListenerKind, ListenerSpec, SniAction};
 use crate::error::{Fault, ProxyError};
 use crate::l4::passthrough;
 use crate::metrics::Metrics;
+use crate::protect::{Limit, Protection};
 use crate::server::{Context, Snapshot};
 use crate::tls::peek::{peek_client_hello, PeekError, PeekFailure};
 
@@ -205,6 +206,40 @@ pub async fn accept_loop(
         let Some(listener_rt) = snapshot.listeners.get(index) else {
             continue;
         };
+        // Protections that act at accept, before any TLS work: the connection is
+        // closed (dropped) at once.
+        let protection = &listener_rt.protection;
+        if let Some(ban) = &protection.ban {
+            let now = std::time::Instant::now();
+            let banned = if ban.spec().on == BanOn::Connections {
+                ban.record(peer.ip(), now)
+            } else {
+                ban.is_banned(peer.ip().to_canonical(), now)
+            };
+            if banned {
+                refuse_at_accept(listener_rt, Limit::Ban, peer, stream);
+                continue;
+            }
+        }
+        let per_ip_guard = match &protection.per_ip {
+            None => None,
+            Some((max, table)) => match table.try_acquire(peer.ip(), *max) {
+                Some(guard) => Some(guard),
+                None => {
+                    refuse_at_accept(listener_rt, Limit::PerIp, peer, stream);
+                    continue;
+                }
+            },
+        };
+        if let (Some(rate), false) = (
+            &protection.rate,
+            matches!(listener_rt.spec.kind, ListenerKind::Http { .. }),
+        ) {
+            if rate.check(peer.ip(), std::time::Instant::now()).is_err() {
+                refuse_at_accept(listener_rt, Limit::Rate, peer, stream);
+                continue;
+            }
+        }
         let span = tracing::info_span!(
             "conn",
             conn,
@@ -217,6 +252,7 @@ pub async fn accept_loop(
         ctx.tracker.spawn(
             async move {
                 let _permit = permit;
+                let _per_ip = per_ip_guard;
                 tokio::select! {
                     _ = handle(stream, peer, index, snapshot, task_ctx) => {}
                     _ = hard_stop.cancelled() => {
@@ -228,6 +264,14 @@ pub async fn accept_loop(
         );
     }
     tracing::debug!("accept loop stopped");
+}
+
+/// Closes a connection a protection refused at accept, and counts it.
+fn refuse_at_accept(listener: &ListenerRuntime, limit: Limit, peer: SocketAddr, stream: TcpStream) {
+    listener.counters.rejected();
+    listener.protection.count(limit);
+    tracing::debug!(listener = %listener.spec.name, peer = %peer, limit = limit.as_str(), "connection refused at accept");
+    drop(stream);
 }
 
 async fn handle(
@@ -286,6 +330,7 @@ async fn handle_tls(
         Ok(hello) => hello,
         Err(PeekError::Failure(failure)) => {
             listener.counters.hello_failure(failure);
+            listener.protection.handshake_failed(peer.ip());
             tracing::info!(
                 reason = failure.reason(),
                 "ClientHello refused: {failure}; closing"
@@ -294,6 +339,7 @@ async fn handle_tls(
         }
         Err(PeekError::Io(err)) => {
             listener.counters.hello_failure(PeekFailure::Timeout);
+            listener.protection.handshake_failed(peer.ip());
             tracing::info!(error = %err, "client failed before its ClientHello was complete");
             return;
         }
@@ -440,6 +486,8 @@ pub struct ListenerRuntime {
     pub counters: ListenerCounters,
     /// Whether any SNI rule terminates (decides the no-match answer: alert or close).
     pub has_terminate: bool,
+    /// Per-address protections (connections per IP, rate limit).
+    pub protection: Arc<Protection>,
 }
 
 impl ListenerRuntime {
@@ -453,6 +501,14 @@ impl ListenerRuntime {
             spec: spec.clone(),
             counters: ListenerCounters::new(metrics, &spec.name),
             has_terminate,
+            protection: Arc::new(Protection::new(spec, metrics)),
+        }
+    }
+
+    /// Keeps the protection tables of `old`, the same listener before a reload.
+    pub fn inherit_protection(&mut self, old: &ListenerRuntime) {
+        if let Some(protection) = Arc::get_mut(&mut self.protection) {
+            protection.inherit(&old.protection);
         }
     }
 }

@@ -69,6 +69,18 @@ pub const METRICS: &[(&str, &str, &[&str], &str)] = &[
         "New backend connections opened",
     ),
     (
+        "tollgate_limit_rejections_total",
+        "counter",
+        &["listener", "limit"],
+        "Connections or requests refused by a protection: per_ip, rate, ban, body, requests",
+    ),
+    (
+        "tollgate_ban_events_total",
+        "counter",
+        &["listener", "event"],
+        "Temporary bans: event ban (an address crossed the threshold) or unban (its ban ended)",
+    ),
+    (
         "tollgate_access_log_dropped_total",
         "counter",
         &[],
@@ -106,6 +118,10 @@ pub struct Metrics {
     pub backend_connect_errors_total: IntCounterVec,
     /// tollgate_backend_connections_total
     pub backend_connections_total: IntCounterVec,
+    /// tollgate_limit_rejections_total
+    pub limit_rejections_total: IntCounterVec,
+    /// tollgate_ban_events_total
+    pub ban_events_total: IntCounterVec,
     /// tollgate_config_reloads_total
     pub config_reloads_total: IntCounterVec,
     /// tollgate_access_log_dropped_total
@@ -180,6 +196,8 @@ impl Metrics {
                 "tollgate_backend_connect_errors_total",
             ),
             backend_connections_total: counter(&registry, "tollgate_backend_connections_total"),
+            limit_rejections_total: counter(&registry, "tollgate_limit_rejections_total"),
+            ban_events_total: counter(&registry, "tollgate_ban_events_total"),
             config_reloads_total: counter(&registry, "tollgate_config_reloads_total"),
             access_log_dropped_total: counter(&registry, "tollgate_access_log_dropped_total"),
             registry,

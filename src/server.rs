@@ -43,10 +43,28 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds the state for `config`. Reads certificates; fails on a bad one.
     pub fn build(config: Arc<Config>, metrics: &Metrics) -> Result<Snapshot, StartError> {
+        Self::build_after(config, metrics, None)
+    }
+
+    /// Builds the state for `config` on a reload: unchanged backends of `previous` are
+    /// shared with it (see [`Pool::after`]).
+    pub fn build_after(
+        config: Arc<Config>,
+        metrics: &Metrics,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, StartError> {
         let pools: HashMap<String, Arc<Pool>> = config
             .pools
             .values()
-            .map(|spec| (spec.name.clone(), Arc::new(Pool::new(spec, Some(metrics)))))
+            .map(|spec| {
+                let old = previous
+                    .and_then(|p| p.pools.get(&spec.name))
+                    .map(|p| p.as_ref());
+                (
+                    spec.name.clone(),
+                    Arc::new(Pool::after(spec, Some(metrics), old)),
+                )
+            })
             .collect();
         let listeners: Vec<ListenerRuntime> = config
             .listeners
@@ -197,12 +215,16 @@ impl Context {
             return Err(ReloadError::ShuttingDown);
         }
         let config = Arc::new(config);
-        let snapshot =
-            Snapshot::build(Arc::clone(&config), &self.metrics).map_err(ReloadError::Start)?;
         let old = self.state.load_full();
-        for (name, pool) in &snapshot.pools {
-            if let Some(previous) = old.pools.get(name) {
-                pool.inherit_health(previous);
+        let mut snapshot = Snapshot::build_after(Arc::clone(&config), &self.metrics, Some(&old))
+            .map_err(ReloadError::Start)?;
+        for listener in &mut snapshot.listeners {
+            if let Some(previous) = old
+                .listener_index
+                .get(&listener.spec.name)
+                .and_then(|&i| old.listeners.get(i))
+            {
+                listener.inherit_protection(previous);
             }
         }
         // Which listeners to keep, bind, and stop.

@@ -404,3 +404,39 @@ pools:
     assert_eq!(seen.len(), 1, "{seen:?}");
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn passive_5xx_marks_a_failing_backend_down_with_per_request_connections() {
+    let failing = answering(
+        b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let b = origin("b", None).await;
+    let yaml = format!(
+        r#"
+listeners: [ {{ name: web, listen: 127.0.0.1:0, protocol: http, routes: main }} ]
+routes: {{ main: [ {{ pool: app }} ] }}
+pools:
+  app:
+    backend_connections: per_request
+    servers: [ {{ addr: "{failing}" }}, {{ addr: "{}" }} ]
+    health: {{ check: tcp, interval: 1h, rise: 1, fall: 3, passive_fall: 2, passive_5xx: true }}
+"#,
+        b.addr
+    );
+    let server = start(&yaml).await;
+    let web = server.listener_addr("web").unwrap();
+    let mut conn = HttpConn::over(TcpStream::connect(web).await.unwrap()).await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(conn.get("x.test", "/").await.unwrap().status);
+    }
+    // Round robin alternates until the second 500 takes backend 0 down; then only b answers.
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 500).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert!(!backend_up(&server, "app", 0));
+    server.shutdown(Duration::from_secs(1)).await;
+}

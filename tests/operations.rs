@@ -200,8 +200,16 @@ async fn reload_adds_a_route_and_a_pool_under_traffic_without_a_failed_request()
                 b.addr
             ),
         );
+    let old_snapshot = server.snapshot();
     std::fs::write(&file, &after).unwrap();
     server.reload_file().await.expect("reload");
+    // An unchanged backend is the same object in both snapshots: connections still on the
+    // old one see its health and open connections as they are now.
+    let new_snapshot = server.snapshot();
+    assert!(std::sync::Arc::ptr_eq(
+        &old_snapshot.pools["a"].backends[0],
+        &new_snapshot.pools["a"].backends[0]
+    ));
     let at_reload = ok.load(Ordering::Relaxed);
     wait_until("traffic goes on after the reload", || {
         ok.load(Ordering::Relaxed) > at_reload + 50

@@ -64,6 +64,49 @@ pub struct FileConfig {
     /// Global limits.
     #[serde(default)]
     pub limits: LimitsFile,
+    /// Default per-client-address rate limit of every listener.
+    pub rate_limit: Option<RateLimitFile>,
+    /// Default temporary-ban rule of every listener.
+    pub ban: Option<BanFile>,
+}
+
+/// `ban:` (top level or per listener).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BanFile {
+    /// Events allowed within `window`; one more bans the address.
+    pub threshold: u32,
+    /// The counting window (`10s`).
+    pub window: String,
+    /// How long a ban lasts (`5m`).
+    pub duration: String,
+    /// What counts: requests | connections | handshake_failures (default connections).
+    pub on: Option<BanOnFile>,
+    /// Addresses never banned (CIDR blocks or single addresses).
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// `ban.on:`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BanOnFile {
+    /// HTTP requests (http listeners and terminate routes).
+    Requests,
+    /// New connections.
+    Connections,
+    /// ClientHellos refused and TLS handshakes failed (tls listeners).
+    HandshakeFailures,
+}
+
+/// `rate_limit:` (top level or per listener): a token bucket per client address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    /// Tokens added per second (requests or connections per second, sustained).
+    pub rate: f64,
+    /// Bucket size: how many may arrive at once.
+    pub burst: Option<u32>,
 }
 
 /// `runtime:`
@@ -142,6 +185,13 @@ pub struct ListenerFile {
     pub redirect_https: Option<u16>,
     /// Per-listener connection limit (overrides `limits.max_connections`).
     pub max_connections: Option<usize>,
+    /// Per-listener limit of connections open at once from one client address
+    /// (overrides `limits.max_connections_per_ip`).
+    pub max_connections_per_ip: Option<u32>,
+    /// Per-listener rate limit (overrides the top-level `rate_limit`).
+    pub rate_limit: Option<RateLimitFile>,
+    /// Per-listener ban rule (overrides the top-level `ban`).
+    pub ban: Option<BanFile>,
 }
 
 /// One rule of a routing table.
@@ -233,4 +283,10 @@ pub struct LimitsFile {
     pub max_connections: Option<usize>,
     /// Largest request header block.
     pub max_request_header_bytes: Option<usize>,
+    /// Connections open at once from one client address, per listener.
+    pub max_connections_per_ip: Option<u32>,
+    /// Largest request body (413 above it).
+    pub max_request_body_bytes: Option<u64>,
+    /// Requests served on one client connection; the last one says `Connection: close`.
+    pub max_requests_per_connection: Option<u64>,
 }

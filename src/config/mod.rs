@@ -10,9 +10,9 @@ pub mod validate;
 use std::path::Path;
 
 pub use validate::{
-    AccessLog, BackendConnections, Balance, CertificateSpec, CheckKind, Config, HealthSpec,
-    HttpAction, Limits, ListenerKind, ListenerSpec, PoolSpec, RouteRule, ServerSpec, SniAction,
-    Timeouts,
+    AccessLog, BackendConnections, Balance, BanOn, BanSpec, CertificateSpec, CheckKind, Config,
+    HealthSpec, HttpAction, Limits, ListenerKind, ListenerSpec, PoolSpec, RateLimit, RouteRule,
+    ServerSpec, SniAction, Timeouts,
 };
 
 use crate::error::LoadError;

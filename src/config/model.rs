@@ -66,6 +66,12 @@ pub struct ListenerSpec {
     pub listen: SocketAddr,
     /// Connections open at once.
     pub max_connections: usize,
+    /// Connections open at once from one client address (`None`: no limit).
+    pub max_connections_per_ip: Option<u32>,
+    /// Token bucket per client address (`None`: no rate limit).
+    pub rate_limit: Option<RateLimit>,
+    /// Temporary bans (`None`: none).
+    pub ban: Option<BanSpec>,
     /// What it does with a connection.
     pub kind: ListenerKind,
 }
@@ -252,6 +258,12 @@ pub struct Limits {
     pub max_connections: usize,
     /// Request header block.
     pub max_request_header_bytes: usize,
+    /// Per listener, open at once from one client address (`None`: no limit).
+    pub max_connections_per_ip: Option<u32>,
+    /// Request body (`None`: no limit).
+    pub max_request_body_bytes: Option<u64>,
+    /// Requests per client connection (`None`: no limit).
+    pub max_requests_per_connection: Option<u64>,
 }
 
 impl Default for Limits {
@@ -259,6 +271,55 @@ impl Default for Limits {
         Limits {
             max_connections: 10_000,
             max_request_header_bytes: 16_384,
+            max_connections_per_ip: None,
+            max_request_body_bytes: None,
+            max_requests_per_connection: None,
         }
     }
+}
+
+/// What a ban rule counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanOn {
+    /// HTTP requests.
+    Requests,
+    /// New connections.
+    Connections,
+    /// Refused ClientHellos and failed TLS handshakes.
+    HandshakeFailures,
+}
+
+impl BanOn {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BanOn::Requests => "requests",
+            BanOn::Connections => "connections",
+            BanOn::HandshakeFailures => "handshake_failures",
+        }
+    }
+}
+
+/// A temporary-ban rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BanSpec {
+    /// Events allowed within `window`; one more bans.
+    pub threshold: u32,
+    /// Counting window.
+    pub window: Duration,
+    /// Ban length.
+    pub duration: Duration,
+    /// What counts.
+    pub on: BanOn,
+    /// Never banned.
+    pub allow: Vec<crate::protect::Cidr>,
+}
+
+/// A token bucket per client address: `rate` tokens a second, `burst` at most.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Tokens added per second.
+    pub rate: f64,
+    /// Bucket capacity.
+    pub burst: u32,
 }

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 pub use super::model::*;
 
-use super::file::{FileConfig, ListenerFile, ProtocolFile, RouteRuleFile, SniRuleFile};
+use super::file::{
+    BanFile, BanOnFile, FileConfig, ListenerFile, ProtocolFile, RateLimitFile, RouteRuleFile,
+    SniRuleFile,
+};
 use crate::error::ConfigError;
 use crate::route::{HostPattern, HostTable};
 
@@ -118,6 +121,29 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             .limits
             .max_request_header_bytes
             .unwrap_or(default_limits.max_request_header_bytes),
+        max_connections_per_ip: file.limits.max_connections_per_ip,
+        max_request_body_bytes: file.limits.max_request_body_bytes,
+        max_requests_per_connection: file.limits.max_requests_per_connection,
+    };
+    if limits.max_connections_per_ip == Some(0) {
+        return Err(ConfigError::new(
+            "limits.max_connections_per_ip",
+            "must be at least 1 (leave it out for no limit)",
+        ));
+    }
+    if limits.max_requests_per_connection == Some(0) {
+        return Err(ConfigError::new(
+            "limits.max_requests_per_connection",
+            "must be at least 1 (leave it out for no limit)",
+        ));
+    }
+    let rate_limit = match &file.rate_limit {
+        None => None,
+        Some(r) => Some(validate_rate_limit("rate_limit", r)?),
+    };
+    let ban = match &file.ban {
+        None => None,
+        Some(b) => Some(validate_ban("ban", b)?),
     };
     if limits.max_connections == 0 {
         return Err(ConfigError::new(
@@ -204,7 +230,7 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     }
     let mut listeners: Vec<ListenerSpec> = Vec::new();
     for (index, l) in file.listeners.iter().enumerate() {
-        let spec = validate_listener(index, l, &limits, &pools, &routes)?;
+        let spec = validate_listener(index, l, &limits, (rate_limit, &ban), &pools, &routes)?;
         if let Some(prev) = listeners.iter().position(|p| p.name == spec.name) {
             return Err(ConfigError::new(
                 format!("listeners[{index}].name"),
@@ -315,10 +341,84 @@ fn sni_action(
     }
 }
 
+/// Checks a `rate_limit:` block at `path`; `burst` defaults to twice the rate (at least 1).
+fn validate_rate_limit(path: &str, r: &RateLimitFile) -> Result<RateLimit, ConfigError> {
+    if !r.rate.is_finite() || r.rate <= 0.0 {
+        return Err(ConfigError::new(
+            format!("{path}.rate"),
+            "must be a number greater than zero (per second)",
+        ));
+    }
+    let burst = match r.burst {
+        Some(0) => {
+            return Err(ConfigError::new(
+                format!("{path}.burst"),
+                "must be at least 1",
+            ))
+        }
+        Some(b) => b,
+        None => ((r.rate * 2.0).ceil() as u32).max(1),
+    };
+    Ok(RateLimit {
+        rate: r.rate,
+        burst,
+    })
+}
+
+/// Checks a `ban:` block at `path`.
+fn validate_ban(path: &str, b: &BanFile) -> Result<BanSpec, ConfigError> {
+    if b.threshold == 0 {
+        return Err(ConfigError::new(
+            format!("{path}.threshold"),
+            "must be at least 1",
+        ));
+    }
+    let window = duration_at(
+        &format!("{path}.window"),
+        &Some(b.window.clone()),
+        Duration::ZERO,
+    )?;
+    let duration = duration_at(
+        &format!("{path}.duration"),
+        &Some(b.duration.clone()),
+        Duration::ZERO,
+    )?;
+    for (key, d) in [("window", window), ("duration", duration)] {
+        if d.is_zero() {
+            return Err(ConfigError::new(
+                format!("{path}.{key}"),
+                "must be greater than zero",
+            ));
+        }
+    }
+    let on = match b.on {
+        None | Some(BanOnFile::Connections) => BanOn::Connections,
+        Some(BanOnFile::Requests) => BanOn::Requests,
+        Some(BanOnFile::HandshakeFailures) => BanOn::HandshakeFailures,
+    };
+    let mut allow = Vec::with_capacity(b.allow.len());
+    for (i, text) in b.allow.iter().enumerate() {
+        allow.push(crate::protect::Cidr::parse(text).ok_or_else(|| {
+            ConfigError::new(
+                format!("{path}.allow[{i}]"),
+                format!("{text:?} is not an address or CIDR block (10.0.0.0/8, 2001:db8::/32)"),
+            )
+        })?);
+    }
+    Ok(BanSpec {
+        threshold: b.threshold,
+        window,
+        duration,
+        on,
+        allow,
+    })
+}
+
 fn validate_listener(
     index: usize,
     l: &ListenerFile,
     limits: &Limits,
+    (default_rate_limit, default_ban): (Option<RateLimit>, &Option<BanSpec>),
     pools: &BTreeMap<String, PoolSpec>,
     routes: &BTreeMap<String, Vec<RouteRule>>,
 ) -> Result<ListenerSpec, ConfigError> {
@@ -341,6 +441,46 @@ fn validate_listener(
             format!("{base}.max_connections"),
             "must be at least 1",
         ));
+    }
+    let max_connections_per_ip = l.max_connections_per_ip.or(limits.max_connections_per_ip);
+    if l.max_connections_per_ip == Some(0) {
+        return Err(ConfigError::new(
+            format!("{base}.max_connections_per_ip"),
+            "must be at least 1 (leave it out for no limit)",
+        ));
+    }
+    let rate_limit = match &l.rate_limit {
+        None => default_rate_limit,
+        Some(r) => Some(validate_rate_limit(&format!("{base}.rate_limit"), r)?),
+    };
+    let (ban, ban_path) = match &l.ban {
+        None => (default_ban.clone(), "ban.on".to_string()),
+        Some(b) => (
+            Some(validate_ban(&format!("{base}.ban"), b)?),
+            format!("{base}.ban.on"),
+        ),
+    };
+    if let Some(b) = &ban {
+        let fits = match b.on {
+            BanOn::Connections => true,
+            BanOn::Requests => l.protocol != ProtocolFile::Tcp,
+            BanOn::HandshakeFailures => l.protocol == ProtocolFile::Tls,
+        };
+        if !fits {
+            return Err(ConfigError::new(
+                ban_path,
+                format!(
+                    "{} does not apply to {base} ({:?}, a {} listener); give it its own ban rule",
+                    b.on.as_str(),
+                    l.name,
+                    match l.protocol {
+                        ProtocolFile::Tls => "tls",
+                        ProtocolFile::Http => "http",
+                        ProtocolFile::Tcp => "tcp",
+                    }
+                ),
+            ));
+        }
     }
     let unexpected = |field: &str, protocol: &str| {
         ConfigError::new(
@@ -454,6 +594,9 @@ fn validate_listener(
         name: l.name.clone(),
         listen,
         max_connections,
+        max_connections_per_ip,
+        rate_limit,
+        ban,
         kind,
     })
 }

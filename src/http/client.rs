@@ -3,9 +3,10 @@
 //! `pooled`: idle connections are kept per backend (most recent first) and expire before
 //! the backend would close them (its `Keep-Alive: timeout=` minus a second, else the
 //! pool's `idle_timeout`); a connection goes back to the pool only after its response
-//! body was read to the end. A request that fails on a reused connection before any
-//! response byte is retried once on a fresh connection when it is idempotent and has no
-//! body.
+//! body was read to the end. A request that fails before any response byte is retried
+//! once when it is idempotent and has no body: on a new connection to the same backend
+//! if the failed one was reused (the backend had closed it), else on the next backend
+//! (it died with the request in flight), like HAProxy's `retry-on empty-response`.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -113,50 +114,56 @@ impl PoolClient {
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Result<Forwarded, ForwardError> {
-        match self.mode {
-            BackendConnections::PerRequest => {
-                let candidates = self.pool.candidates(Some(client));
-                let (sender, guard) = self.open(&candidates, connect_timeout).await?;
-                self.exchange(sender, guard, request, response_timeout, false)
+        let pooled = self.mode == BackendConnections::Pooled;
+        // One balancer decision per request: reuse an idle connection to the chosen
+        // backend (pooled), else connect along the same candidate order.
+        let candidates = self.pool.candidates(Some(client));
+        let Some(&first) = candidates.first() else {
+            return Err(ProxyError::NoHealthyBackend {
+                pool: self.pool.name.clone(),
+            }
+            .into());
+        };
+        // An idempotent, body-less request that fails before any response byte (a reused
+        // connection the backend had closed, or a backend that died with the request in
+        // flight) is sent once more: keep what is needed to rebuild it.
+        let retry = retry_copy(&request);
+        let idle = if pooled {
+            self.take_idle(first).await
+        } else {
+            None
+        };
+        let reused = idle.is_some();
+        let (sender, guard) = match idle {
+            Some(pair) => pair,
+            None => self.open(&candidates, connect_timeout).await?,
+        };
+        let tried = guard.index();
+        match self
+            .exchange(sender, guard, request, response_timeout, pooled)
+            .await
+        {
+            // `send_request` fails only before the response head: after it, errors
+            // surface in the body stream instead.
+            Err(ForwardError::Backend(err)) => {
+                let Some(again) = retry else {
+                    return Err(ForwardError::Backend(err));
+                };
+                // A reused connection failing says little about the backend: a new
+                // connection to it comes first. A fresh one failing: the next backend.
+                let others: Vec<usize> =
+                    candidates.iter().copied().filter(|&i| i != tried).collect();
+                let order = if reused || others.is_empty() {
+                    &candidates
+                } else {
+                    &others
+                };
+                tracing::debug!(pool = %self.pool.name, error = %err, reused, "backend failed before answering; retrying once");
+                let (sender, guard) = self.open(order, connect_timeout).await?;
+                self.exchange(sender, guard, again, response_timeout, pooled)
                     .await
             }
-            BackendConnections::Pooled => {
-                let candidates = self.pool.candidates(Some(client));
-                let Some(&first) = candidates.first() else {
-                    return Err(ProxyError::NoHealthyBackend {
-                        pool: self.pool.name.clone(),
-                    }
-                    .into());
-                };
-                // One balancer decision per request: reuse an idle connection to the
-                // chosen backend, else connect along the same candidate order.
-                let Some((sender, guard)) = self.take_idle(first).await else {
-                    let (sender, guard) = self.open(&candidates, connect_timeout).await?;
-                    return self
-                        .exchange(sender, guard, request, response_timeout, true)
-                        .await;
-                };
-                // A reused connection may have been closed by the backend meanwhile:
-                // keep what is needed to retry an idempotent, body-less request.
-                let retry = retry_copy(&request);
-                match self
-                    .exchange(sender, guard, request, response_timeout, true)
-                    .await
-                {
-                    Err(ForwardError::Backend(err))
-                        if retry.is_some() && failed_before_response(&err) =>
-                    {
-                        let Some(again) = retry else {
-                            return Err(ForwardError::Backend(err));
-                        };
-                        tracing::debug!(pool = %self.pool.name, error = %err, "reused backend connection failed; retrying on a new one");
-                        let (sender, guard) = self.open(&candidates, connect_timeout).await?;
-                        self.exchange(sender, guard, again, response_timeout, true)
-                            .await
-                    }
-                    other => other,
-                }
-            }
+            other => other,
         }
     }
 
@@ -279,11 +286,6 @@ impl PoolClient {
             idle.push(conn);
         }
     }
-}
-
-/// Whether a hyper client error happened before any response byte arrived.
-fn failed_before_response(err: &hyper::Error) -> bool {
-    err.is_canceled() || err.is_incomplete_message() || err.is_closed()
 }
 
 /// A copy of a request that can be sent again: idempotent method and no body.

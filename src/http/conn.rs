@@ -41,6 +41,10 @@ pub struct ConnActivity {
     draining: std::sync::atomic::AtomicBool,
     /// Follows the raw request stream for framing hyper hides (CL + TE).
     framing: std::sync::Mutex<FramingScanner>,
+    /// Responses started (counted only under `max_requests_per_connection`).
+    answered: AtomicU64,
+    /// The response to the last request `max_requests_per_connection` allows went out.
+    request_limit_hit: std::sync::atomic::AtomicBool,
 }
 
 impl ConnActivity {
@@ -53,6 +57,8 @@ impl ConnActivity {
             changed: tokio::sync::Notify::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
             framing: std::sync::Mutex::new(FramingScanner::default()),
+            answered: AtomicU64::new(0),
+            request_limit_hit: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -188,6 +194,9 @@ pub struct ConnLimits {
     /// client (a client that stopped reading its response): the larger of
     /// `client_idle` and `backend_response`.
     pub stalled: Duration,
+    /// Requests served on the connection; the response to the last says
+    /// `Connection: close` (`None`: no limit).
+    pub max_requests: Option<u64>,
 }
 
 /// How long an idle keep-alive connection may stay open once a drain began.
@@ -208,6 +217,8 @@ pub enum ConnEnd {
     Stalled,
     /// hyper refused a request head itself and answered it (400 or 431) before closing.
     Refused(u16),
+    /// Closed after the last request `max_requests_per_connection` allows.
+    RequestLimit,
 }
 
 /// Serves HTTP/1.1 on `stream` with `make_service(activity)` until the connection ends.
@@ -232,13 +243,22 @@ where
     });
     let service = make_service(Arc::clone(&activity));
     // Once a drain began, every response tells the client to close.
+    // So does the response to the last request `max_requests` allows.
     let drain_view = Arc::clone(&activity);
+    let max_requests = limits.max_requests;
     let service = hyper::service::service_fn(move |req| {
         let answer = service.call(req);
         let activity = Arc::clone(&drain_view);
         async move {
             let mut response = answer.await?;
-            if activity.is_draining() {
+            let last = match max_requests {
+                None => false,
+                Some(max) => activity.answered.fetch_add(1, Ordering::Relaxed) + 1 >= max,
+            };
+            if last {
+                activity.request_limit_hit.store(true, Ordering::Relaxed);
+            }
+            if last || activity.is_draining() {
                 response.headers_mut().insert(
                     hyper::header::CONNECTION,
                     hyper::header::HeaderValue::from_static("close"),
@@ -271,6 +291,9 @@ where
                         return ConnEnd::Refused(400);
                     }
                     tracing::debug!(error = %err, "client connection ended with an error");
+                }
+                if end == ConnEnd::Closed && activity.request_limit_hit.load(Ordering::Relaxed) {
+                    return ConnEnd::RequestLimit;
                 }
                 return end;
             }

@@ -96,6 +96,7 @@ fn limits(snapshot: &Snapshot) -> ConnLimits {
             .timeouts
             .client_idle
             .max(snapshot.config.timeouts.backend_response),
+        max_requests: snapshot.config.limits.max_requests_per_connection,
     }
 }
 
@@ -112,13 +113,23 @@ fn conn_info(
         access: Arc::clone(&ctx.access_log),
         tracker: ctx.tracker.clone(),
         hard_stop: ctx.hard_stop.clone(),
+        protection: Arc::clone(&listener.protection),
+        // tls listeners apply their rate limit to connections, at accept.
+        rate_per_request: match mode {
+            "http" => listener.protection.rate.clone(),
+            _ => None,
+        },
     })
 }
 
 /// Counts what a connection's end says about a request tollgate did not route: hyper's
 /// own 400/431 answers and heads that never completed (closed; counted as 408).
-fn count_end(end: ConnEnd, table: Option<&RouteTable>) {
+fn count_end(end: ConnEnd, table: Option<&RouteTable>, listener: &ListenerRuntime) {
     let status = match end {
+        ConnEnd::RequestLimit => {
+            listener.protection.count(crate::protect::Limit::Requests);
+            return;
+        }
         ConnEnd::Refused(code) => code,
         ConnEnd::HeaderTimeout => 408,
         _ => return,
@@ -163,6 +174,7 @@ pub async fn serve_tls(
                 let i = if err.outcome() == "timeout" { 2 } else { 1 };
                 c[i].inc();
             }
+            listener.protection.handshake_failed(peer.ip());
             tracing::info!(error = %err, "TLS handshake failed; closing");
             return;
         }
@@ -181,6 +193,7 @@ pub async fn serve_tls(
                 peer,
                 proto: "https",
                 timeouts,
+                max_body: snapshot.config.limits.max_request_body_bytes,
                 activity,
                 conn,
             };
@@ -188,7 +201,7 @@ pub async fn serve_tls(
         },
     ))
     .await;
-    count_end(end, Some(&counted));
+    count_end(end, Some(&counted), listener);
     tracing::debug!(end = ?end, "terminated connection closed");
 }
 
@@ -235,6 +248,7 @@ pub async fn serve_plain(
                         peer,
                         proto: "http",
                         timeouts,
+                        max_body: snapshot.config.limits.max_request_body_bytes,
                         activity,
                         conn,
                     };
@@ -242,12 +256,12 @@ pub async fn serve_plain(
                 },
             ))
             .await;
-            count_end(end, Some(&counted));
+            count_end(end, Some(&counted), listener);
             end
         }
         HttpAction::RedirectHttps(port) => {
             let port = *port;
-            Box::pin(serve_connection(
+            let end = Box::pin(serve_connection(
                 stream,
                 limits(snapshot),
                 &ctx.shutdown,
@@ -264,7 +278,9 @@ pub async fn serve_plain(
                     })
                 },
             ))
-            .await
+            .await;
+            count_end(end, None, listener);
+            end
         }
     };
     tracing::debug!(end = ?end, "http connection closed");

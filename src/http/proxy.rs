@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST, LOCATION};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
@@ -23,6 +23,7 @@ use super::headers;
 use crate::access_log::{AccessLog, Record};
 use crate::config::{BackendConnections, Timeouts};
 use crate::error::ProxyError;
+use crate::protect::Limit;
 use crate::route::HostPattern;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -114,6 +115,8 @@ pub struct ProxyContext {
     pub proto: &'static str,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// `limits.max_request_body_bytes` (`None`: no limit).
+    pub max_body: Option<u64>,
     /// The connection's activity (in-flight accounting).
     pub activity: Arc<ConnActivity>,
     /// Listener, SNI, access log and task tracking of the connection.
@@ -170,6 +173,10 @@ pub struct ConnInfo {
     pub tracker: TaskTracker,
     /// Cancelled when the drain's grace period ends.
     pub hard_stop: CancellationToken,
+    /// The listener's protections (refusals are counted there).
+    pub protection: Arc<crate::protect::Protection>,
+    /// The rate limiter applied per request (`http` listeners; `None`: no limit).
+    pub rate_per_request: Option<Arc<crate::protect::RateLimiter>>,
 }
 
 /// Who served a request, for the access log.
@@ -237,6 +244,38 @@ async fn forward(
     if host.is_none() && request.version() == Version::HTTP_11 {
         return refuse(StatusCode::BAD_REQUEST, "bad request: no Host header");
     }
+    if let Some(ban) = cx.conn.protection.ban_on(crate::config::BanOn::Requests) {
+        if ban.record(cx.peer.ip(), started) {
+            cx.conn.protection.count(Limit::Ban);
+            return refuse(StatusCode::FORBIDDEN, "address temporarily banned");
+        }
+    }
+    if let Some(rate) = &cx.conn.rate_per_request {
+        if let Err(wait) = rate.check(cx.peer.ip(), started) {
+            cx.conn.protection.count(Limit::Rate);
+            cx.table
+                .unmatched
+                .count(StatusCode::TOO_MANY_REQUESTS, started);
+            return (too_many_requests(wait), Served::default());
+        }
+    }
+    // A declared Content-Length over the limit is refused before anything is forwarded;
+    // a chunked body is cut where it crosses the limit (below).
+    let mut body_limit = None;
+    if let Some(max) = cx.max_body {
+        let declared = request
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max) {
+            cx.conn.protection.count(Limit::Body);
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        }
+        if declared.is_none() && !request.body().is_end_stream() {
+            body_limit = Some((max, CancellationToken::new()));
+        }
+    }
     let Some(rule) = cx.table.find(host.as_deref(), request.uri().path()) else {
         cx.table.unmatched.count(StatusCode::NOT_FOUND, started);
         return (
@@ -278,17 +317,43 @@ async fn forward(
         parts.uri = hyper::Uri::from(pq);
     }
     parts.version = Version::HTTP_11;
-    let backend_request = Request::from_parts(parts, body.boxed_unsync());
+    let body = match &body_limit {
+        None => body.boxed_unsync(),
+        Some((max, tripped)) => LimitedBody {
+            inner: body,
+            left: *max,
+            tripped: tripped.clone(),
+        }
+        .boxed_unsync(),
+    };
+    let backend_request = Request::from_parts(parts, body);
 
-    let forwarded = rule
-        .client
-        .send(
-            backend_request,
-            cx.peer,
-            cx.timeouts.connect,
-            cx.timeouts.backend_response,
-        )
-        .await;
+    let send = rule.client.send(
+        backend_request,
+        cx.peer,
+        cx.timeouts.connect,
+        cx.timeouts.backend_response,
+    );
+    let forwarded = match &body_limit {
+        None => send.await,
+        Some((_, tripped)) => {
+            tokio::select! {
+                biased;
+                _ = tripped.cancelled() => {
+                    // Dropping the exchange aborts the backend connection mid-body: the
+                    // backend never sees a complete request.
+                    tracing::info!(pool = %rule.client.pool().name, "request body over limits.max_request_body_bytes; 413 and close");
+                    cx.conn.protection.count(Limit::Body);
+                    rule.metrics.count(StatusCode::PAYLOAD_TOO_LARGE, started);
+                    return (
+                        closing(plain_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")),
+                        served,
+                    );
+                }
+                r = send => r,
+            }
+        }
+    };
     let forwarded = match forwarded {
         Ok(f) => f,
         Err(err) => {
@@ -349,6 +414,59 @@ async fn forward(
     }
     headers::strip_hop_by_hop(response.headers_mut(), false);
     (response, served)
+}
+
+/// 429 with `Retry-After` in whole seconds, rounded up.
+fn too_many_requests(wait: std::time::Duration) -> Response<ProxyBody> {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut response = plain_response(StatusCode::TOO_MANY_REQUESTS, "too many requests");
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    response
+}
+
+/// A request body cut at the limit: past `left` bytes it cancels `tripped` and never
+/// yields again (the exchange is dropped; a truncated body is never passed off as
+/// complete, which ending the stream would do).
+struct LimitedBody {
+    inner: Incoming,
+    left: u64,
+    tripped: CancellationToken,
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if self.tripped.is_cancelled() {
+            return std::task::Poll::Pending;
+        }
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let len = data.len() as u64;
+                if len > self.left {
+                    self.tripped.cancel();
+                    return std::task::Poll::Pending;
+                }
+                self.left -= len;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// An access-log line waiting for its response body to end (to count bytes out).

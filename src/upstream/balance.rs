@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::pool::Backend;
 use crate::config::Balance;
@@ -17,7 +17,7 @@ pub trait Balancer: Send + Sync + std::fmt::Debug {
     /// Only backends for which `eligible(index)` holds are listed.
     fn candidates(
         &self,
-        backends: &[Backend],
+        backends: &[Arc<Backend>],
         eligible: &dyn Fn(usize) -> bool,
         client: Option<SocketAddr>,
         out: &mut Vec<usize>,
@@ -49,7 +49,7 @@ pub struct RoundRobin {
 impl Balancer for RoundRobin {
     fn candidates(
         &self,
-        backends: &[Backend],
+        backends: &[Arc<Backend>],
         eligible: &dyn Fn(usize) -> bool,
         _: Option<SocketAddr>,
         out: &mut Vec<usize>,
@@ -84,7 +84,7 @@ impl SmoothWeighted {
 impl Balancer for SmoothWeighted {
     fn candidates(
         &self,
-        backends: &[Backend],
+        backends: &[Arc<Backend>],
         eligible: &dyn Fn(usize) -> bool,
         _: Option<SocketAddr>,
         out: &mut Vec<usize>,
@@ -130,7 +130,7 @@ pub struct LeastConn {
 impl Balancer for LeastConn {
     fn candidates(
         &self,
-        backends: &[Backend],
+        backends: &[Arc<Backend>],
         eligible: &dyn Fn(usize) -> bool,
         _: Option<SocketAddr>,
         out: &mut Vec<usize>,
@@ -155,7 +155,7 @@ pub struct PowerOfTwo;
 impl Balancer for PowerOfTwo {
     fn candidates(
         &self,
-        backends: &[Backend],
+        backends: &[Arc<Backend>],
         eligible: &dyn Fn(usize) -> bool,
         _: Option<SocketAddr>,
         out: &mut Vec<usize>,
@@ -212,7 +212,7 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
 impl Balancer for SourceHash {
     fn candidates(
         &self,
-        backends: &[Backend],
+        backends: &[Arc<Backend>],
         eligible: &dyn Fn(usize) -> bool,
         client: Option<SocketAddr>,
         out: &mut Vec<usize>,
@@ -239,13 +239,13 @@ mod tests {
     use super::*;
     use crate::config::ServerSpec;
 
-    fn backends(weights: &[u32]) -> Vec<Backend> {
+    fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
         weights
             .iter()
             .enumerate()
             .map(|(i, &w)| {
                 let addr: SocketAddr = format!("127.0.0.1:{}", 9000 + i).parse().unwrap();
-                Backend::new(
+                Arc::new(Backend::new(
                     "p",
                     &ServerSpec {
                         name: addr.to_string(),
@@ -254,12 +254,12 @@ mod tests {
                         sni: None,
                     },
                     None,
-                )
+                ))
             })
             .collect()
     }
 
-    fn pick(b: &dyn Balancer, backends: &[Backend], client: Option<SocketAddr>) -> Vec<usize> {
+    fn pick(b: &dyn Balancer, backends: &[Arc<Backend>], client: Option<SocketAddr>) -> Vec<usize> {
         let mut out = Vec::new();
         b.candidates(backends, &|i| backends[i].accepts_new(), client, &mut out);
         out

@@ -46,6 +46,9 @@ pub struct Backend {
     up: AtomicBool,
     active: AtomicUsize,
     passive_failures: AtomicU32,
+    /// Consecutive 5xx answers (`passive_5xx`), counted apart from connect failures so
+    /// that a good connect does not reset them.
+    error_answers: AtomicU32,
     state: Mutex<Hysteresis>,
     last_check: Mutex<Option<LastCheck>>,
     handles: Option<BackendMetrics>,
@@ -92,6 +95,7 @@ impl Backend {
             up: AtomicBool::new(true),
             active: AtomicUsize::new(0),
             passive_failures: AtomicU32::new(0),
+            error_answers: AtomicU32::new(0),
             state: Mutex::new(Hysteresis::new(rise, fall, true)),
             last_check: Mutex::new(None),
             handles,
@@ -124,6 +128,7 @@ impl Backend {
             Some(Transition::Up) => {
                 self.publish(true);
                 self.passive_failures.store(0, Ordering::Relaxed);
+                self.error_answers.store(0, Ordering::Relaxed);
                 tracing::info!(pool = %self.pool, backend = %self.name, why, "backend is up");
             }
             Some(Transition::Down) => {
@@ -150,17 +155,26 @@ impl Backend {
         }
     }
 
-    /// Records a passive result (a connect or a response); `passive_fall` consecutive
-    /// failures mark the backend down until active checks bring it back. 0 disables.
+    /// Records a passive connect result; `passive_fall` consecutive failures mark the
+    /// backend down until active checks bring it back. 0 disables.
     pub fn record_passive(&self, ok: bool, passive_fall: u32, what: &str) {
+        self.record_run(&self.passive_failures, ok, passive_fall, what);
+    }
+
+    /// Records an HTTP answer for `passive_5xx` (its own run of consecutive 5xx).
+    pub fn record_answer(&self, ok: bool, passive_fall: u32) {
+        self.record_run(&self.error_answers, ok, passive_fall, "5xx answers");
+    }
+
+    fn record_run(&self, run: &AtomicU32, ok: bool, passive_fall: u32, what: &str) {
         if passive_fall == 0 {
             return;
         }
         if ok {
-            self.passive_failures.store(0, Ordering::Relaxed);
+            run.store(0, Ordering::Relaxed);
             return;
         }
-        let failures = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let failures = run.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= passive_fall && self.is_up() {
             let transition = match self.state.lock() {
                 Ok(mut state) => state.force_down(),
@@ -252,8 +266,10 @@ impl Drop for BackendGuard {
 pub struct Pool {
     /// Name in the config.
     pub name: String,
-    /// The backends, in config order.
-    pub backends: Vec<Backend>,
+    /// The backends, in config order. A reload hands an unchanged backend's `Arc` to
+    /// the new pool, so connections still on the old snapshot see the same health state
+    /// and open-connection counts as new ones.
+    pub backends: Vec<Arc<Backend>>,
     /// The spec it was built from.
     pub spec: PoolSpec,
     balancer: Box<dyn Balancer>,
@@ -262,14 +278,46 @@ pub struct Pool {
 impl Pool {
     /// Builds a pool from its spec.
     pub fn new(spec: &PoolSpec, metrics: Option<&Metrics>) -> Self {
+        Self::after(spec, metrics, None)
+    }
+
+    /// Builds a pool from its spec on a reload: a backend identical to one of
+    /// `previous` (same name, address, weight, SNI and thresholds) is shared; a changed
+    /// one is new but takes over the old one's health state (when the pool has checks).
+    pub fn after(spec: &PoolSpec, metrics: Option<&Metrics>, previous: Option<&Pool>) -> Self {
         let (rise, fall) = spec.health.as_ref().map_or((1, 1), |h| (h.rise, h.fall));
+        let backends = spec
+            .servers
+            .iter()
+            .map(|s| {
+                let old = previous.and_then(|p| {
+                    p.backends
+                        .iter()
+                        .find(|b| b.name == s.name && b.addr == s.addr)
+                });
+                match old {
+                    Some(old)
+                        if old.weight == s.weight
+                            && old.sni == s.sni
+                            && old.rise == rise
+                            && old.fall == fall =>
+                    {
+                        Arc::clone(old)
+                    }
+                    Some(old) => {
+                        let fresh = Backend::with_thresholds(&spec.name, s, metrics, rise, fall);
+                        if spec.health.is_some() {
+                            fresh.inherit(old);
+                        }
+                        Arc::new(fresh)
+                    }
+                    None => Arc::new(Backend::with_thresholds(&spec.name, s, metrics, rise, fall)),
+                }
+            })
+            .collect();
         Pool {
             name: spec.name.clone(),
-            backends: spec
-                .servers
-                .iter()
-                .map(|s| Backend::with_thresholds(&spec.name, s, metrics, rise, fall))
-                .collect(),
+            backends,
             spec: spec.clone(),
             balancer: balance::for_algorithm(spec.balance, spec.servers.len()),
         }
@@ -279,7 +327,7 @@ impl Pool {
     /// weight above 0; with `fail_open` and none up, every backend with a weight.
     pub fn candidates(&self, client: Option<SocketAddr>) -> Vec<usize> {
         let mut out = Vec::with_capacity(self.backends.len());
-        let any_up = self.backends.iter().any(Backend::accepts_new);
+        let any_up = self.backends.iter().any(|b| b.accepts_new());
         if any_up || !self.spec.fail_open {
             self.balancer.candidates(
                 &self.backends,
@@ -296,24 +344,6 @@ impl Pool {
             );
         }
         out
-    }
-
-    /// Carries health state over from the pool of the same name before a reload, for
-    /// every backend with the same name and address.
-    pub fn inherit_health(&self, previous: &Pool) {
-        // Without active checks nothing would bring a carried-over down state back.
-        if self.spec.health.is_none() {
-            return;
-        }
-        for backend in &self.backends {
-            if let Some(old) = previous
-                .backends
-                .iter()
-                .find(|b| b.name == backend.name && b.addr == backend.addr)
-            {
-                backend.inherit(old);
-            }
-        }
     }
 
     /// Counts an open connection on backend `index` until the guard drops.
@@ -338,7 +368,7 @@ impl Pool {
             return;
         }
         if let Some(backend) = self.backends.get(index) {
-            backend.record_passive(status < 500, health.passive_fall, "5xx answers");
+            backend.record_answer(status < 500, health.passive_fall);
         }
     }
 
