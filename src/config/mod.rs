@@ -5,6 +5,7 @@
 pub mod file;
 pub mod model;
 mod pools;
+mod protection;
 pub mod validate;
 
 use std::path::Path;

@@ -8,10 +8,7 @@ use std::time::Duration;
 
 pub use super::model::*;
 
-use super::file::{
-    BanFile, BanOnFile, FileConfig, ListenerFile, ProtocolFile, RateLimitFile, RouteRuleFile,
-    SniRuleFile,
-};
+use super::file::{FileConfig, ListenerFile, ProtocolFile, RouteRuleFile, SniRuleFile};
 use crate::error::ConfigError;
 use crate::route::{HostPattern, HostTable};
 
@@ -139,11 +136,11 @@ pub fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     }
     let rate_limit = match &file.rate_limit {
         None => None,
-        Some(r) => Some(validate_rate_limit("rate_limit", r)?),
+        Some(r) => Some(super::protection::validate_rate_limit("rate_limit", r)?),
     };
     let ban = match &file.ban {
         None => None,
-        Some(b) => Some(validate_ban("ban", b)?),
+        Some(b) => Some(super::protection::validate_ban("ban", b)?),
     };
     if limits.max_connections == 0 {
         return Err(ConfigError::new(
@@ -341,79 +338,6 @@ fn sni_action(
     }
 }
 
-/// Checks a `rate_limit:` block at `path`; `burst` defaults to twice the rate (at least 1).
-fn validate_rate_limit(path: &str, r: &RateLimitFile) -> Result<RateLimit, ConfigError> {
-    if !r.rate.is_finite() || r.rate <= 0.0 {
-        return Err(ConfigError::new(
-            format!("{path}.rate"),
-            "must be a number greater than zero (per second)",
-        ));
-    }
-    let burst = match r.burst {
-        Some(0) => {
-            return Err(ConfigError::new(
-                format!("{path}.burst"),
-                "must be at least 1",
-            ))
-        }
-        Some(b) => b,
-        None => ((r.rate * 2.0).ceil() as u32).max(1),
-    };
-    Ok(RateLimit {
-        rate: r.rate,
-        burst,
-    })
-}
-
-/// Checks a `ban:` block at `path`.
-fn validate_ban(path: &str, b: &BanFile) -> Result<BanSpec, ConfigError> {
-    if b.threshold == 0 {
-        return Err(ConfigError::new(
-            format!("{path}.threshold"),
-            "must be at least 1",
-        ));
-    }
-    let window = duration_at(
-        &format!("{path}.window"),
-        &Some(b.window.clone()),
-        Duration::ZERO,
-    )?;
-    let duration = duration_at(
-        &format!("{path}.duration"),
-        &Some(b.duration.clone()),
-        Duration::ZERO,
-    )?;
-    for (key, d) in [("window", window), ("duration", duration)] {
-        if d.is_zero() {
-            return Err(ConfigError::new(
-                format!("{path}.{key}"),
-                "must be greater than zero",
-            ));
-        }
-    }
-    let on = match b.on {
-        None | Some(BanOnFile::Connections) => BanOn::Connections,
-        Some(BanOnFile::Requests) => BanOn::Requests,
-        Some(BanOnFile::HandshakeFailures) => BanOn::HandshakeFailures,
-    };
-    let mut allow = Vec::with_capacity(b.allow.len());
-    for (i, text) in b.allow.iter().enumerate() {
-        allow.push(crate::protect::Cidr::parse(text).ok_or_else(|| {
-            ConfigError::new(
-                format!("{path}.allow[{i}]"),
-                format!("{text:?} is not an address or CIDR block (10.0.0.0/8, 2001:db8::/32)"),
-            )
-        })?);
-    }
-    Ok(BanSpec {
-        threshold: b.threshold,
-        window,
-        duration,
-        on,
-        allow,
-    })
-}
-
 fn validate_listener(
     index: usize,
     l: &ListenerFile,
@@ -451,12 +375,15 @@ fn validate_listener(
     }
     let rate_limit = match &l.rate_limit {
         None => default_rate_limit,
-        Some(r) => Some(validate_rate_limit(&format!("{base}.rate_limit"), r)?),
+        Some(r) => Some(super::protection::validate_rate_limit(
+            &format!("{base}.rate_limit"),
+            r,
+        )?),
     };
     let (ban, ban_path) = match &l.ban {
         None => (default_ban.clone(), "ban.on".to_string()),
         Some(b) => (
-            Some(validate_ban(&format!("{base}.ban"), b)?),
+            Some(super::protection::validate_ban(&format!("{base}.ban"), b)?),
             format!("{base}.ban.on"),
         ),
     };
