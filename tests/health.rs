@@ -76,12 +76,17 @@ fn spec(kind: &str) -> String {
 }
 
 #[tokio::test]
-async fn tcp_check_well_and_not_at_all() {
+async fn tcp_check_well_slowly_and_not_at_all() {
     let live = answering(b"").await;
     assert!(check(live, &spec("tcp")).await.0);
     let (ok, detail) = check(dead_addr(), &spec("tcp")).await;
     assert!(!ok);
     assert!(detail.contains("connect"), "{detail}");
+    // Slowly: a connect the kernel never completes ends at the check timeout.
+    let (_hold, _fillers, hanging) = blackhole().await;
+    let (ok, detail) = check(hanging, &spec("tcp")).await;
+    assert!(!ok);
+    assert!(detail.contains("timeout"), "{detail}");
 }
 
 #[tokio::test]
@@ -438,5 +443,46 @@ pools:
         "{statuses:?}"
     );
     assert!(!backend_up(&server, "app", 0));
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn http_connect_timeout_moves_to_the_next_backend_then_502() {
+    let (_hold, _fillers, hanging) = blackhole().await;
+    let b = origin("b", None).await;
+    let yaml = |servers: String| {
+        format!(
+            r#"
+listeners: [ {{ name: web, listen: 127.0.0.1:0, protocol: http, routes: main }} ]
+routes: {{ main: [ {{ pool: app }} ] }}
+pools:
+  app: {{ servers: [ {servers} ] }}
+timeouts: {{ connect: 200ms }}
+"#
+        )
+    };
+    let server = start(&yaml(format!(
+        "{{ addr: \"{hanging}\" }}, {{ addr: \"{}\" }}",
+        b.addr
+    )))
+    .await;
+    let web = server.listener_addr("web").unwrap();
+    let mut conn = HttpConn::over(TcpStream::connect(web).await.unwrap()).await;
+    for _ in 0..4 {
+        let got = conn.get("x.test", "/").await.unwrap();
+        assert_eq!(got.header("x-backend").as_deref(), Some("b"));
+    }
+    server.shutdown(Duration::from_secs(1)).await;
+
+    let server = start(&yaml(format!("{{ addr: \"{hanging}\" }}"))).await;
+    let web = server.listener_addr("web").unwrap();
+    let mut conn = HttpConn::over(TcpStream::connect(web).await.unwrap()).await;
+    let started = Instant::now();
+    assert_eq!(conn.get("x.test", "/").await.unwrap().status, 502);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     server.shutdown(Duration::from_secs(1)).await;
 }

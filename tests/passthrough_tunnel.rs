@@ -459,28 +459,6 @@ pools:
     server.shutdown(Duration::from_secs(1)).await;
 }
 
-/// A local address whose connects hang: a listener with a zero backlog that never
-/// accepts, its queue filled by `fillers` (keep them alive), so the kernel drops SYNs.
-async fn blackhole() -> (std::net::TcpListener, Vec<TcpStream>, SocketAddr) {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    socket.listen(0).unwrap();
-    let listener: std::net::TcpListener = socket.into();
-    let addr = listener.local_addr().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..8 {
-        match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => fillers.push(stream),
-            Ok(Err(e)) => panic!("blackhole connect: {e}"),
-            Err(_) => return (listener, fillers, addr),
-        }
-    }
-    panic!("the zero-backlog listener kept accepting connects");
-}
-
 #[tokio::test]
 async fn backend_that_never_answers_is_skipped_after_the_connect_timeout() {
     let pki = Pki::new();

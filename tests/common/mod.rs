@@ -330,3 +330,25 @@ pub async fn read_n<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, n: usize) -
         .unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
     buf
 }
+
+/// A local address whose connects hang: a listener with a zero backlog that never
+/// accepts, its queue filled by `fillers` (keep them alive), so the kernel drops SYNs.
+pub async fn blackhole() -> (std::net::TcpListener, Vec<TcpStream>, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let listener: std::net::TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => fillers.push(stream),
+            Ok(Err(e)) => panic!("blackhole connect: {e}"),
+            Err(_) => return (listener, fillers, addr),
+        }
+    }
+    panic!("the zero-backlog listener kept accepting connects");
+}
