@@ -57,6 +57,21 @@ pub struct Record<'a> {
     pub duration: Duration,
 }
 
+impl Record<'_> {
+    /// The fields a line carries only when set, in line order.
+    fn optional_fields(&self) -> [(&'static str, Option<&str>); 7] {
+        [
+            ("sni", self.sni),
+            ("route", self.route),
+            ("pool", self.pool),
+            ("backend", self.backend),
+            ("method", self.method),
+            ("path", self.path),
+            ("outcome", self.outcome),
+        ]
+    }
+}
+
 /// Where lines go; `None` sender = off.
 #[derive(Debug)]
 pub struct AccessLog {
@@ -166,17 +181,8 @@ fn json_line(r: &Record<'_>) -> String {
         "bytes_out": r.bytes_out,
         "duration_ms": r.duration.as_secs_f64() * 1000.0,
     });
-    let optional = [
-        ("sni", r.sni),
-        ("route", r.route),
-        ("pool", r.pool),
-        ("backend", r.backend),
-        ("method", r.method),
-        ("path", r.path),
-        ("outcome", r.outcome),
-    ];
     if let Some(map) = v.as_object_mut() {
-        for (k, val) in optional {
+        for (k, val) in r.optional_fields() {
             if let Some(val) = val {
                 map.insert(k.to_string(), serde_json::json!(val));
             }
@@ -201,15 +207,7 @@ fn text_line(r: &Record<'_>) -> String {
         r.mode,
         r.client.map_or_else(|| "-".to_string(), |c| c.to_string())
     );
-    for (k, val) in [
-        ("sni", r.sni),
-        ("route", r.route),
-        ("pool", r.pool),
-        ("backend", r.backend),
-        ("method", r.method),
-        ("path", r.path),
-        ("outcome", r.outcome),
-    ] {
+    for (k, val) in r.optional_fields() {
         if let Some(val) = val {
             // Quote values that could break the key=value shape.
             if val.contains([' ', '"', '=']) || val.is_empty() {

@@ -35,6 +35,17 @@ pub fn for_algorithm(algorithm: Balance, backends: usize) -> Box<dyn Balancer> {
     }
 }
 
+/// Every eligible backend, starting at the next position of `next` and wrapping around:
+/// the rotation round robin uses, and least_conn's tie order.
+fn rotated(next: &AtomicUsize, n: usize, eligible: &dyn Fn(usize) -> bool, out: &mut Vec<usize>) {
+    out.clear();
+    if n == 0 {
+        return;
+    }
+    let start = next.fetch_add(1, Ordering::Relaxed) % n;
+    out.extend((0..n).map(|i| (start + i) % n).filter(|&i| eligible(i)));
+}
+
 /// Appends the eligible backends after `first`, wrapping around, skipping `first`.
 fn rest_in_ring(n: usize, first: usize, eligible: &dyn Fn(usize) -> bool, out: &mut Vec<usize>) {
     out.extend((1..n).map(|i| (first + i) % n).filter(|&i| eligible(i)));
@@ -54,13 +65,7 @@ impl Balancer for RoundRobin {
         _: Option<SocketAddr>,
         out: &mut Vec<usize>,
     ) {
-        out.clear();
-        let n = backends.len();
-        if n == 0 {
-            return;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        out.extend((0..n).map(|i| (start + i) % n).filter(|&i| eligible(i)));
+        rotated(&self.next, backends.len(), eligible, out);
     }
 }
 
@@ -135,13 +140,7 @@ impl Balancer for LeastConn {
         _: Option<SocketAddr>,
         out: &mut Vec<usize>,
     ) {
-        out.clear();
-        let n = backends.len();
-        if n == 0 {
-            return;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        out.extend((0..n).map(|i| (start + i) % n).filter(|&i| eligible(i)));
+        rotated(&self.next, backends.len(), eligible, out);
         // Stable sort keeps the rotated order among equals: ties go round robin.
         out.sort_by_key(|&i| backends[i].active());
     }
