@@ -144,9 +144,14 @@ fn closing(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
 /// Whether `request` named both Content-Length and Transfer-Encoding as the client sent
 /// it (hyper hides that; see `framing.rs`), or Content-Lengths that disagree.
 pub fn has_ambiguous_framing<B>(request: &Request<B>, activity: &ConnActivity) -> bool {
-    let target = request.uri().to_string();
-    activity.conflicting_framing(request.method().as_str(), &target)
-        || headers::has_conflicting_framing(request.headers())
+    let uri = request.uri();
+    let method = request.method().as_str();
+    // Origin-form (`/path?q`), the usual case, compares without building a string.
+    let conflicting = match (uri.scheme(), uri.path_and_query()) {
+        (None, Some(origin_form)) => activity.conflicting_framing(method, origin_form.as_str()),
+        _ => activity.conflicting_framing(method, &uri.to_string()),
+    };
+    conflicting || headers::has_conflicting_framing(request.headers())
 }
 
 /// The answer to ambiguous framing: 400, and the connection closes after it.
