@@ -361,6 +361,19 @@ async fn forward(
     };
     let forwarded = match forwarded {
         Ok(f) => f,
+        // The request body the client sent was malformed (a bad chunk size or an
+        // oversized chunk extension): the client's fault, not the backend's.
+        Err(ForwardError::Backend(err)) if err.is_user() => {
+            tracing::info!(pool = %rule.client.pool().name, error = %err, "malformed request body; 400 and close");
+            rule.metrics.count(StatusCode::BAD_REQUEST, started);
+            return (
+                closing(plain_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad request: malformed body",
+                )),
+                served,
+            );
+        }
         Err(err) => {
             let (status, text) = match &err {
                 ForwardError::Connect(ProxyError::NoHealthyBackend { .. }) => {
