@@ -220,12 +220,15 @@ pub async fn serve_plain(
     // hyper allocates its read and write buffers (8 KiB each) as soon as it owns the
     // connection: an idle client that has sent nothing yet costs only the socket and this
     // task until its first byte (bounded by client_idle, like any idle connection).
+    // (`readable()` may wake without data on a fresh socket; a one-byte MSG_PEEK waits for
+    // a real byte and consumes nothing.)
+    let mut probe = [0u8; 1];
     let first_byte = tokio::select! {
-        ready = tokio::time::timeout(snapshot.config.timeouts.client_idle, stream.readable()) => ready,
+        peeked = tokio::time::timeout(snapshot.config.timeouts.client_idle, stream.peek(&mut probe)) => peeked,
         _ = ctx.shutdown.cancelled() => return,
     };
-    if !matches!(first_byte, Ok(Ok(()))) {
-        tracing::debug!("connection idle before its first request; closing");
+    if !matches!(first_byte, Ok(Ok(n)) if n > 0) {
+        tracing::debug!("connection closed or idle before its first request");
         return;
     }
     let end = match action {
