@@ -22,6 +22,7 @@ pub mod access_log;
 pub mod admin;
 pub mod bench;
 pub mod config;
+pub mod content;
 pub mod demo;
 pub mod error;
 pub mod http;

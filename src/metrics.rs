@@ -87,6 +87,42 @@ pub const METRICS: &[(&str, &str, &[&str], &str)] = &[
         "Access log lines dropped because the writer fell behind",
     ),
     (
+        "tollgate_static_bytes_total",
+        "counter",
+        &["route"],
+        "Bytes of files sent by static routes (bodies of 200 and 206 answers)",
+    ),
+    (
+        "tollgate_compressed_responses_total",
+        "counter",
+        &["route", "coding"],
+        "Responses compressed, by content coding (gzip, br, zstd)",
+    ),
+    (
+        "tollgate_compression_bytes_total",
+        "counter",
+        &["route", "stage"],
+        "Bytes of compressed responses before (stage in) and after (stage out) compression",
+    ),
+    (
+        "tollgate_cache_requests_total",
+        "counter",
+        &["route", "outcome"],
+        "Requests of cached routes: hit, miss, revalidated, collapsed, bypass",
+    ),
+    (
+        "tollgate_cache_bytes",
+        "gauge",
+        &["route"],
+        "Bytes held by response caches (bodies and headers)",
+    ),
+    (
+        "tollgate_cache_evictions_total",
+        "counter",
+        &["route"],
+        "Cache entries evicted to stay within max_bytes",
+    ),
+    (
         "tollgate_config_reloads_total",
         "counter",
         &["outcome"],
@@ -126,6 +162,18 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     /// tollgate_access_log_dropped_total
     pub access_log_dropped_total: IntCounterVec,
+    /// tollgate_static_bytes_total
+    pub static_bytes_total: IntCounterVec,
+    /// tollgate_compressed_responses_total
+    pub compressed_responses_total: IntCounterVec,
+    /// tollgate_compression_bytes_total
+    pub compression_bytes_total: IntCounterVec,
+    /// tollgate_cache_requests_total
+    pub cache_requests_total: IntCounterVec,
+    /// tollgate_cache_bytes
+    pub cache_bytes: IntGaugeVec,
+    /// tollgate_cache_evictions_total
+    pub cache_evictions_total: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -200,6 +248,12 @@ impl Metrics {
             ban_events_total: counter(&registry, "tollgate_ban_events_total"),
             config_reloads_total: counter(&registry, "tollgate_config_reloads_total"),
             access_log_dropped_total: counter(&registry, "tollgate_access_log_dropped_total"),
+            static_bytes_total: counter(&registry, "tollgate_static_bytes_total"),
+            compressed_responses_total: counter(&registry, "tollgate_compressed_responses_total"),
+            compression_bytes_total: counter(&registry, "tollgate_compression_bytes_total"),
+            cache_requests_total: counter(&registry, "tollgate_cache_requests_total"),
+            cache_bytes: gauge(&registry, "tollgate_cache_bytes"),
+            cache_evictions_total: counter(&registry, "tollgate_cache_evictions_total"),
             registry,
         }
     }

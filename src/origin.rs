@@ -85,7 +85,11 @@ async fn answer(
         return text(StatusCode::OK, &options.name, "ok\n".to_string());
     }
     if path == "/echo" && req.method() == Method::POST {
-        let mut response = Response::new(req.into_body().boxed_unsync());
+        let mut response = Response::new(
+            req.into_body()
+                .map_err(crate::http::client::BoxError::from)
+                .boxed_unsync(),
+        );
         response.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),

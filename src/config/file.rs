@@ -202,8 +202,61 @@ pub struct RouteRuleFile {
     pub host: Option<String>,
     /// Path prefix; absent: `/`.
     pub path_prefix: Option<String>,
-    /// Pool to forward to.
-    pub pool: String,
+    /// Pool to forward to (or `static`).
+    pub pool: Option<String>,
+    /// Serve files from a directory instead of a pool.
+    #[serde(rename = "static")]
+    pub static_files: Option<StaticFile>,
+    /// Compress responses of this route.
+    pub compress: Option<CompressFile>,
+    /// Cache responses of this route in memory.
+    pub cache: Option<CacheFile>,
+    /// A token bucket per client address for the requests of this route.
+    pub rate_limit: Option<RateLimitFile>,
+}
+
+/// `static:` of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticFile {
+    /// The directory served; the path after the route's prefix is looked up under it.
+    pub root: String,
+    /// File served for a directory (default `index.html`).
+    pub index: Option<String>,
+}
+
+/// A size: a number of bytes, or text with a unit (`64MiB`, `512KiB`, `1GiB`, `10MB`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeFile {
+    /// Bytes.
+    Bytes(u64),
+    /// With a unit.
+    Text(String),
+}
+
+/// `compress:` of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressFile {
+    /// Codings offered, in the server's order of preference: gzip, br, zstd.
+    pub algorithms: Option<Vec<String>>,
+    /// Smallest response compressed (bytes; default 1024).
+    pub min_bytes: Option<u64>,
+    /// Content types compressed (default: text and JSON/JS/XML/SVG types).
+    pub types: Option<Vec<String>>,
+}
+
+/// `cache:` of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheFile {
+    /// Total bytes held (`64MiB`, `512KiB`, or a number of bytes).
+    pub max_bytes: SizeFile,
+    /// Largest single response stored (default: an eighth of max_bytes, at most 8 MiB).
+    pub max_object_bytes: Option<SizeFile>,
+    /// Add `X-Cache: HIT|MISS` to responses (default true).
+    pub x_cache_header: Option<bool>,
 }
 
 /// One entry of `pools:`.

@@ -2,6 +2,7 @@
 //! turns it into the runtime [`Config`] whose types live in `model.rs`. [`load`] does
 //! both for a path.
 
+pub mod content;
 pub mod file;
 pub mod model;
 mod pools;
@@ -10,6 +11,7 @@ pub mod validate;
 
 use std::path::Path;
 
+pub use model::{CacheSpec, Coding, CompressSpec, RouteTarget, StaticSpec};
 pub use validate::{
     AccessLog, BackendConnections, Balance, BanOn, BanSpec, CertificateSpec, CheckKind, Config,
     HealthSpec, HttpAction, Limits, ListenerKind, ListenerSpec, PoolSpec, RateLimit, RouteRule,

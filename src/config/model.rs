@@ -123,8 +123,111 @@ pub struct RouteRule {
     pub host: Option<HostPattern>,
     /// Path prefix.
     pub path_prefix: String,
-    /// Pool name.
-    pub pool: String,
+    /// Where its requests go.
+    pub target: RouteTarget,
+    /// Response compression (`None`: off).
+    pub compress: Option<CompressSpec>,
+    /// Response cache (`None`: off).
+    pub cache: Option<CacheSpec>,
+    /// Token bucket per client address for this route's requests (`None`: none).
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl RouteRule {
+    /// The pool label of its metrics: the pool name, or `static`.
+    pub fn pool_label(&self) -> &str {
+        match &self.target {
+            RouteTarget::Pool(name) => name,
+            RouteTarget::Static(_) => "static",
+        }
+    }
+}
+
+/// Where a route's requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// Forward to this pool.
+    Pool(String),
+    /// Serve files from a directory.
+    Static(StaticSpec),
+}
+
+/// A directory served by a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticSpec {
+    /// The directory (canonical, absolute).
+    pub root: PathBuf,
+    /// The file served for a directory.
+    pub index: String,
+}
+
+/// A content coding tollgate can produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Coding {
+    /// `gzip`.
+    Gzip,
+    /// `br`.
+    Brotli,
+    /// `zstd`.
+    Zstd,
+}
+
+impl Coding {
+    /// The token of `Content-Encoding` / `Accept-Encoding`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Coding::Gzip => "gzip",
+            Coding::Brotli => "br",
+            Coding::Zstd => "zstd",
+        }
+    }
+
+    /// Parses a token as written in the config or a header (case-insensitive).
+    pub fn parse(token: &str) -> Option<Coding> {
+        match token.to_ascii_lowercase().as_str() {
+            "gzip" => Some(Coding::Gzip),
+            "br" => Some(Coding::Brotli),
+            "zstd" => Some(Coding::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// Compression of a route's responses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompressSpec {
+    /// Codings offered, the server's preference first (breaks q-value ties).
+    pub algorithms: Vec<Coding>,
+    /// Responses smaller than this (by Content-Length) are sent as they are.
+    pub min_bytes: u64,
+    /// Media types compressed (lower case, without parameters; `text/*` allowed).
+    pub types: Vec<String>,
+}
+
+/// The default `compress.types`.
+pub const DEFAULT_COMPRESS_TYPES: &[&str] = &[
+    "text/html",
+    "text/css",
+    "text/plain",
+    "text/javascript",
+    "text/xml",
+    "application/javascript",
+    "application/json",
+    "application/xml",
+    "application/rss+xml",
+    "application/atom+xml",
+    "image/svg+xml",
+];
+
+/// An in-memory response cache of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSpec {
+    /// Total bytes held (bodies plus headers); least recently used entries go first.
+    pub max_bytes: u64,
+    /// Largest single response stored.
+    pub max_object_bytes: u64,
+    /// Whether responses carry `X-Cache: HIT|MISS`.
+    pub x_cache_header: bool,
 }
 
 /// Balancing algorithm.

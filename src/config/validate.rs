@@ -294,16 +294,56 @@ fn validate_routes(
                 "must start with /",
             ));
         }
-        if !pools.contains_key(&r.pool) {
-            return Err(ConfigError::new(
-                format!("{base}[{i}].pool"),
-                format!("no pool named {:?}", r.pool),
-            ));
-        }
+        let at = format!("{base}[{i}]");
+        let target = match (&r.pool, &r.static_files) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(at, "set either pool or static, not both"))
+            }
+            (None, None) => return Err(ConfigError::new(at, "a rule needs a pool or static")),
+            (Some(pool), None) => {
+                if !pools.contains_key(pool) {
+                    return Err(ConfigError::new(
+                        format!("{at}.pool"),
+                        format!("no pool named {pool:?}"),
+                    ));
+                }
+                RouteTarget::Pool(pool.clone())
+            }
+            (None, Some(s)) => {
+                RouteTarget::Static(super::content::validate_static(&format!("{at}.static"), s)?)
+            }
+        };
+        let compress = match &r.compress {
+            None => None,
+            Some(c) => Some(super::content::validate_compress(
+                &format!("{at}.compress"),
+                c,
+            )?),
+        };
+        let cache = match &r.cache {
+            None => None,
+            Some(_) if matches!(target, RouteTarget::Static(_)) => {
+                return Err(ConfigError::new(
+                    format!("{at}.cache"),
+                    "a static route is served from its files; cache applies to pool routes",
+                ))
+            }
+            Some(c) => Some(super::content::validate_cache(&format!("{at}.cache"), c)?),
+        };
+        let rate_limit = match &r.rate_limit {
+            None => None,
+            Some(rl) => Some(super::protection::validate_rate_limit(
+                &format!("{at}.rate_limit"),
+                rl,
+            )?),
+        };
         out.push(RouteRule {
             host,
             path_prefix,
-            pool: r.pool.clone(),
+            target,
+            compress,
+            cache,
+            rate_limit,
         });
     }
     Ok(out)

@@ -27,8 +27,12 @@ use crate::config::BackendConnections;
 use crate::error::ProxyError;
 use crate::upstream::{BackendGuard, Pool};
 
+/// The error a body may end with: hyper's own, an I/O error of a static file, a
+/// compression error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Body type sent to backends and to clients.
-pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Idle connections kept per backend at most.
 const MAX_IDLE_PER_BACKEND: usize = 128;
@@ -352,13 +356,15 @@ impl Drop for ReturningBody {
 
 impl Body for ReturningBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(BoxError::from);
         match &polled {
             Poll::Ready(None) => self.finish(),
             Poll::Ready(Some(Err(_))) => {
@@ -390,13 +396,15 @@ struct HoldingBody {
 
 impl Body for HoldingBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(BoxError::from)
     }
 
     fn is_end_stream(&self) -> bool {

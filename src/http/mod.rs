@@ -9,6 +9,7 @@ pub mod conn;
 pub mod framing;
 pub mod headers;
 pub mod proxy;
+pub mod routes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,9 +23,9 @@ use crate::metrics::Metrics;
 use crate::server::{Context, Snapshot};
 use crate::tls::peek::PeekedHello;
 use crate::upstream::Pool;
-use client::PoolClient;
 use conn::{serve_connection, ConnEnd, ConnLimits};
-use proxy::{CompiledRule, ConnInfo, ProxyContext, RouteMetrics, RouteTable};
+use proxy::{ConnInfo, ProxyContext};
+use routes::RouteTable;
 
 /// L7 state in a snapshot: compiled routing tables and one client per pool.
 #[derive(Debug, Default)]
@@ -37,33 +38,7 @@ pub struct L7State {
 impl L7State {
     /// Compiles every routing table of `config` against `pools`.
     pub fn new(config: &Config, pools: &HashMap<String, Arc<Pool>>, metrics: &Metrics) -> Self {
-        let clients: HashMap<String, Arc<PoolClient>> = pools
-            .iter()
-            .map(|(name, pool)| (name.clone(), PoolClient::new(Arc::clone(pool))))
-            .collect();
-        let mut tables = HashMap::new();
-        for (name, rules) in &config.routes {
-            let compiled = rules
-                .iter()
-                .filter_map(|rule| {
-                    let client = clients.get(&rule.pool)?;
-                    Some(CompiledRule {
-                        host: rule.host.clone(),
-                        path_prefix: rule.path_prefix.clone(),
-                        client: Arc::clone(client),
-                        metrics: Arc::new(RouteMetrics::new(metrics, name, &rule.pool)),
-                    })
-                })
-                .collect();
-            tables.insert(
-                name.clone(),
-                Arc::new(RouteTable {
-                    name: name.clone(),
-                    rules: compiled,
-                    unmatched: Arc::new(RouteMetrics::new(metrics, name, "none")),
-                }),
-            );
-        }
+        let tables = routes::compile(config, pools, metrics);
         let handshakes = config
             .listeners
             .iter()

@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -15,94 +15,17 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
-use prometheus::{Histogram, IntCounter, IntCounterVec};
 
-use super::client::{full_body, ForwardError, PoolClient, ProxyBody};
+use super::client::{full_body, BoxError, ForwardError, PoolClient, ProxyBody};
 use super::conn::{ConnActivity, InFlight};
 use super::headers;
+use super::routes::{CompiledRule, RouteTable, Target};
 use crate::access_log::{AccessLog, Record};
 use crate::config::{BackendConnections, Timeouts};
 use crate::error::ProxyError;
 use crate::protect::Limit;
-use crate::route::HostPattern;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Metric handles of one (route table, pool) pair, resolved once per status code.
-#[derive(Debug)]
-pub struct RouteMetrics {
-    route: String,
-    pool: String,
-    requests: IntCounterVec,
-    by_code: Box<[OnceLock<IntCounter>]>,
-    duration: Histogram,
-}
-
-impl RouteMetrics {
-    /// Handles for `route` → `pool`.
-    pub fn new(metrics: &crate::metrics::Metrics, route: &str, pool: &str) -> Self {
-        RouteMetrics {
-            route: route.to_string(),
-            pool: pool.to_string(),
-            requests: metrics.http_requests_total.clone(),
-            by_code: (0..600).map(|_| OnceLock::new()).collect(),
-            duration: metrics
-                .http_request_duration_seconds
-                .with_label_values(&[pool]),
-        }
-    }
-
-    /// Counts one answered request.
-    pub fn count(&self, status: StatusCode, started: Instant) {
-        let code = usize::from(status.as_u16());
-        if let Some(slot) = self.by_code.get(code) {
-            slot.get_or_init(|| {
-                self.requests
-                    .with_label_values(&[&self.route, &self.pool, status.as_str()])
-            })
-            .inc();
-        }
-        self.duration.observe(started.elapsed().as_secs_f64());
-    }
-}
-
-/// One compiled routing rule.
-#[derive(Debug)]
-pub struct CompiledRule {
-    /// Host pattern (`None`: any).
-    pub host: Option<HostPattern>,
-    /// Path prefix.
-    pub path_prefix: String,
-    /// The pool's client.
-    pub client: Arc<PoolClient>,
-    /// Metric handles.
-    pub metrics: Arc<RouteMetrics>,
-}
-
-/// A routing table: first match wins.
-#[derive(Debug)]
-pub struct RouteTable {
-    /// Its name (the `route` label).
-    pub name: String,
-    /// Rules in order.
-    pub rules: Vec<CompiledRule>,
-    /// Counts requests no rule matched (pool label "none").
-    pub unmatched: Arc<RouteMetrics>,
-}
-
-impl RouteTable {
-    /// The first rule matching `host` and `path`.
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&CompiledRule> {
-        self.rules.iter().find(|rule| {
-            let host_ok = match (&rule.host, host) {
-                (None, _) => true,
-                (Some(pattern), Some(h)) => pattern.matches(h),
-                (Some(_), None) => false,
-            };
-            host_ok && path.starts_with(rule.path_prefix.as_str())
-        })
-    }
-}
 
 /// Per-connection facts the service needs.
 #[derive(Debug, Clone)]
@@ -228,7 +151,7 @@ pub async fn handle(
 }
 
 async fn forward(
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     cx: &ProxyContext,
     started: Instant,
 ) -> (Response<ProxyBody>, Served) {
@@ -289,10 +212,53 @@ async fn forward(
         );
     };
     let mut served = Served {
-        pool: Some(rule.client.pool().name.clone()),
+        pool: Some(rule.pool_name().to_string()),
         backend: None,
     };
+    if let Some(rate) = &rule.rate {
+        if let Err(wait) = rate.check(cx.peer.ip(), started) {
+            cx.conn.protection.count(Limit::Rate);
+            rule.metrics.count(StatusCode::TOO_MANY_REQUESTS, started);
+            return (too_many_requests(wait), served);
+        }
+    }
+    let facts = rule.compress.as_ref().map(|c| c.request_facts(&request));
+    let response = match (&rule.target, &rule.cache) {
+        (Target::Static(root), _) => {
+            let response = root.serve(&request).await;
+            rule.metrics.count(response.status(), started);
+            response
+        }
+        (Target::Pool(client), Some(cache)) => {
+            let served = &mut served;
+            cache
+                .serve(request, |request| {
+                    to_pool(request, rule, client, cx, started, body_limit, served)
+                })
+                .await
+        }
+        (Target::Pool(client), None) => {
+            to_pool(request, rule, client, cx, started, body_limit, &mut served).await
+        }
+    };
+    let response = match (facts, &rule.compress) {
+        (Some(facts), Some(compress)) => compress.apply(facts, response),
+        _ => response,
+    };
+    (response, served)
+}
 
+/// Forwards `request` to a backend of `client`'s pool and returns its response, or the
+/// 400/413/502/503/504 tollgate answers itself. Fills in `served.backend`.
+async fn to_pool(
+    mut request: Request<Incoming>,
+    rule: &CompiledRule,
+    client: &Arc<PoolClient>,
+    cx: &ProxyContext,
+    started: Instant,
+    body_limit: Option<(u64, CancellationToken)>,
+    served: &mut Served,
+) -> Response<ProxyBody> {
     let upgrade = headers::is_upgrade_request(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
@@ -312,7 +278,7 @@ async fn forward(
             }
         }
     }
-    if rule.client.mode() == BackendConnections::PerRequest && !upgrade {
+    if client.mode() == BackendConnections::PerRequest && !upgrade {
         parts
             .headers
             .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -323,7 +289,7 @@ async fn forward(
     }
     parts.version = Version::HTTP_11;
     let body = match &body_limit {
-        None => body.boxed_unsync(),
+        None => body.map_err(BoxError::from).boxed_unsync(),
         Some((max, tripped)) => LimitedBody {
             inner: body,
             left: *max,
@@ -333,7 +299,7 @@ async fn forward(
     };
     let backend_request = Request::from_parts(parts, body);
 
-    let send = rule.client.send(
+    let send = client.send(
         backend_request,
         cx.peer,
         cx.timeouts.connect,
@@ -347,13 +313,10 @@ async fn forward(
                 _ = tripped.cancelled() => {
                     // Dropping the exchange aborts the backend connection mid-body: the
                     // backend never sees a complete request.
-                    tracing::info!(pool = %rule.client.pool().name, "request body over limits.max_request_body_bytes; 413 and close");
+                    tracing::info!(pool = %client.pool().name, "request body over limits.max_request_body_bytes; 413 and close");
                     cx.conn.protection.count(Limit::Body);
                     rule.metrics.count(StatusCode::PAYLOAD_TOO_LARGE, started);
-                    return (
-                        closing(plain_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")),
-                        served,
-                    );
+                    return closing(plain_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"));
                 }
                 r = send => r,
             }
@@ -364,15 +327,12 @@ async fn forward(
         // The request body the client sent was malformed (a bad chunk size or an
         // oversized chunk extension): the client's fault, not the backend's.
         Err(ForwardError::Backend(err)) if err.is_user() => {
-            tracing::info!(pool = %rule.client.pool().name, error = %err, "malformed request body; 400 and close");
+            tracing::info!(pool = %client.pool().name, error = %err, "malformed request body; 400 and close");
             rule.metrics.count(StatusCode::BAD_REQUEST, started);
-            return (
-                closing(plain_response(
-                    StatusCode::BAD_REQUEST,
-                    "bad request: malformed body",
-                )),
-                served,
-            );
+            return closing(plain_response(
+                StatusCode::BAD_REQUEST,
+                "bad request: malformed body",
+            ));
         }
         Err(err) => {
             let (status, text) = match &err {
@@ -386,15 +346,15 @@ async fn forward(
                 ),
                 ForwardError::Backend(_) => (StatusCode::BAD_GATEWAY, "backend failed"),
             };
-            tracing::warn!(pool = %rule.client.pool().name, error = %err, status = status.as_u16(), "request not forwarded");
+            tracing::warn!(pool = %client.pool().name, error = %err, status = status.as_u16(), "request not forwarded");
             rule.metrics.count(status, started);
-            return (plain_response(status, text), served);
+            return plain_response(status, text);
         }
     };
     let mut response = forwarded.response;
     let status = response.status();
     rule.metrics.count(status, started);
-    rule.client
+    client
         .pool()
         .record_status(forwarded.index, status.as_u16());
     tracing::trace!(backend = %forwarded.backend, status = status.as_u16(), "forwarded");
@@ -427,11 +387,11 @@ async fn forward(
                     _ = hard_stop.cancelled() => {}
                 }
             });
-            return (response, served);
+            return response;
         }
     }
     headers::strip_hop_by_hop(response.headers_mut(), false);
-    (response, served)
+    response
 }
 
 /// 429 with `Retry-After` in whole seconds, rounded up.
@@ -455,16 +415,18 @@ struct LimitedBody {
 
 impl Body for LimitedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.tripped.is_cancelled() {
             return std::task::Poll::Pending;
         }
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let polled = std::pin::Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(BoxError::from);
         if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 let len = data.len() as u64;
@@ -547,12 +509,12 @@ struct TrackedBody {
 
 impl Body for TrackedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
             if let (Some(log), Some(data)) = (self.log.as_mut(), frame.data_ref()) {

@@ -1,0 +1,7 @@
+//! The reverse proxy's own content work, per route: serving a directory
+//! (`static_files`), compressing responses (`compress`) and caching them in memory
+//! (`cache`). docs/config.md describes the keys; each part counts itself in metrics.
+
+pub mod cache;
+pub mod compress;
+pub mod static_files;
