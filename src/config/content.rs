@@ -122,7 +122,7 @@ pub(super) fn validate_cache(path: &str, c: &CacheFile) -> Result<CacheSpec, Con
         ));
     }
     let max_object_bytes = match &c.max_object_bytes {
-        None => (max_bytes / 8).min(8 << 20).max(1),
+        None => (max_bytes / 8).clamp(1, 8 << 20),
         Some(size) => size_at(&format!("{path}.max_object_bytes"), size)?,
     };
     if max_object_bytes == 0 || max_object_bytes > max_bytes {
