@@ -30,6 +30,9 @@ pub struct ConnActivity {
     start: Instant,
     /// Requests whose response is not fully written yet.
     in_flight: AtomicUsize,
+    /// Requests still waiting for their response head (bounded by the backend
+    /// timeouts, so the stall clock does not run for them).
+    awaiting_head: AtomicUsize,
     /// Milliseconds since `start` of the last byte read or response finished.
     last_ms: AtomicU64,
     /// Milliseconds since `start` (+1) when the first byte of a not-yet-parsed request
@@ -52,6 +55,7 @@ impl ConnActivity {
         ConnActivity {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            awaiting_head: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             header_since_ms: AtomicU64::new(0),
             changed: tokio::sync::Notify::new(),
@@ -117,6 +121,28 @@ impl ConnActivity {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.last_ms.store(self.now_ms(), Ordering::Relaxed);
         self.changed.notify_one();
+    }
+}
+
+/// Marks a request as waiting for its response head until dropped: meanwhile
+/// `timeouts.connect` and `timeouts.backend_response` bound it, not the stall clock.
+#[derive(Debug)]
+pub struct AwaitingHead(Arc<ConnActivity>);
+
+impl AwaitingHead {
+    /// Starts waiting.
+    pub fn new(activity: &Arc<ConnActivity>) -> Self {
+        activity.awaiting_head.fetch_add(1, Ordering::Relaxed);
+        AwaitingHead(Arc::clone(activity))
+    }
+}
+
+impl Drop for AwaitingHead {
+    fn drop(&mut self) {
+        self.0.awaiting_head.fetch_sub(1, Ordering::Relaxed);
+        // The stall clock starts now, not when the request arrived (the watchdog picks
+        // this up at its next wake; no extra wake-up per request).
+        self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
     }
 }
 
@@ -309,7 +335,8 @@ where
                 let now = activity.now_ms();
                 let last = activity.last_ms.load(Ordering::Relaxed);
                 if activity.in_flight.load(Ordering::Relaxed) > 0 {
-                    if now >= last + limits.stalled.as_millis() as u64 {
+                    let waiting_for_backend = activity.awaiting_head.load(Ordering::Relaxed) > 0;
+                    if !waiting_for_backend && now >= last + limits.stalled.as_millis() as u64 {
                         tracing::info!(timeout_ms = limits.stalled.as_millis() as u64, "no byte moved for a request in flight; closing");
                         return ConnEnd::Stalled;
                     }
@@ -332,7 +359,10 @@ where
 
 fn next_deadline(activity: &ConnActivity, limits: &ConnLimits) -> Instant {
     let header_since = activity.header_since_ms.load(Ordering::Relaxed);
-    let ms = if activity.in_flight.load(Ordering::Relaxed) > 0 {
+    let ms = if activity.awaiting_head.load(Ordering::Relaxed) > 0 {
+        // Waiting for a backend: its own timeouts bound that; look again later.
+        activity.now_ms() + limits.stalled.as_millis() as u64
+    } else if activity.in_flight.load(Ordering::Relaxed) > 0 {
         // Busy: no byte moving for `stalled` ends it.
         activity.last_ms.load(Ordering::Relaxed) + limits.stalled.as_millis() as u64
     } else if header_since > 0 {

@@ -17,7 +17,7 @@ use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 
 use super::client::{full_body, BoxError, ForwardError, PoolClient, ProxyBody};
-use super::conn::{ConnActivity, InFlight};
+use super::conn::{AwaitingHead, ConnActivity, InFlight};
 use super::headers;
 use super::routes::{CompiledRule, RouteTable, Target};
 use crate::access_log::{AccessLog, Record};
@@ -141,7 +141,9 @@ pub async fn handle(
         started,
         bytes_out: 0,
     });
+    let awaiting = AwaitingHead::new(&cx.activity);
     let (response, served) = forward(request, &cx, started).await;
+    drop(awaiting);
     let pending = pending.map(|mut p| {
         p.status = response.status().as_u16();
         p.served = served;
