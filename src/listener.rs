@@ -1,6 +1,6 @@
 //! Accept loop of one listener: binds with socket2 (SO_REUSEADDR, a real backlog),
-//! holds `max_connections` permits (beyond them new connections wait in the kernel's
-//! backlog), sets TCP_NODELAY, and runs a task per connection that dispatches by
+//! holds `max_connections` permits (when full, a new connection closes the oldest one
+//! still opening, see `protect::shed`, or waits with the kernel's backlog), sets TCP_NODELAY, and runs a task per connection that dispatches by
 //! protocol: `tls` peeks the ClientHello and routes by SNI, `tcp` splices to its pool.
 
 use std::io;
@@ -21,6 +21,7 @@ use crate::config::{BanOn, ListenerKind, ListenerSpec, SniAction};
 use crate::error::{Fault, ProxyError};
 use crate::l4::passthrough;
 use crate::metrics::Metrics;
+use crate::protect::shed::{OpeningGuard, OpeningStage};
 use crate::protect::{Limit, Protection};
 use crate::server::{Context, Snapshot};
 use crate::tls::peek::{peek_client_hello, PeekError, PeekFailure};
@@ -176,13 +177,8 @@ pub async fn accept_loop(
     stop: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(max_connections));
+    let opening = Arc::new(OpeningStage::default());
     loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => p,
-            _ = ctx.shutdown.cancelled() => break,
-            _ = stop.cancelled() => break,
-        };
-        let Ok(permit) = permit else { break };
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = ctx.shutdown.cancelled() => break,
@@ -240,6 +236,26 @@ pub async fn accept_loop(
                 continue;
             }
         }
+        // At max_connections the oldest connection still opening (no ClientHello, no
+        // first byte yet) makes room; when none is, this one waits for a slot (and the
+        // ones behind it in the kernel's backlog).
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                opening.shed_oldest();
+                let permit = tokio::select! {
+                    p = Arc::clone(&permits).acquire_owned() => p,
+                    _ = ctx.shutdown.cancelled() => break,
+                    _ = stop.cancelled() => break,
+                };
+                let Ok(permit) = permit else { break };
+                permit
+            }
+        };
+        let opening_guard = match listener_rt.spec.kind {
+            ListenerKind::Tcp { .. } => None,
+            _ => Some(opening.enter()),
+        };
         let span = tracing::info_span!(
             "conn",
             conn,
@@ -254,7 +270,7 @@ pub async fn accept_loop(
                 let _permit = permit;
                 let _per_ip = per_ip_guard;
                 tokio::select! {
-                    _ = handle(stream, peer, index, snapshot, task_ctx) => {}
+                    _ = handle(stream, peer, index, snapshot, task_ctx, opening_guard) => {}
                     _ = hard_stop.cancelled() => {
                         tracing::info!("connection cut at the end of the shutdown grace period");
                     }
@@ -264,6 +280,14 @@ pub async fn accept_loop(
         );
     }
     tracing::debug!("accept loop stopped");
+}
+
+/// Completes when the connection was shed to make room (never without a guard).
+pub async fn shed_signal(opening: Option<&OpeningGuard>) {
+    match opening {
+        Some(guard) => guard.shed().cancelled_owned().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Closes a connection a protection refused at accept, and counts it.
@@ -280,6 +304,7 @@ async fn handle(
     index: usize,
     snapshot: Arc<Snapshot>,
     ctx: Arc<Context>,
+    opening: Option<OpeningGuard>,
 ) {
     let Some(listener) = snapshot.listeners.get(index) else {
         return;
@@ -306,11 +331,14 @@ async fn handle(
             .await;
         }
         ListenerKind::Tls { sni } => {
-            Box::pin(handle_tls(stream, peer, sni, listener, &snapshot, &ctx)).await;
+            Box::pin(handle_tls(
+                stream, peer, sni, listener, &snapshot, &ctx, opening,
+            ))
+            .await;
         }
         ListenerKind::Http { .. } => {
             Box::pin(crate::http::serve_plain(
-                stream, peer, listener, &snapshot, &ctx,
+                stream, peer, listener, &snapshot, &ctx, opening,
             ))
             .await;
         }
@@ -324,9 +352,20 @@ async fn handle_tls(
     listener: &ListenerRuntime,
     snapshot: &Arc<Snapshot>,
     ctx: &Arc<Context>,
+    opening: Option<OpeningGuard>,
 ) {
     let timeouts = snapshot.config.timeouts;
-    let hello = match peek_client_hello(&mut stream, timeouts.client_hello).await {
+    let peeked = tokio::select! {
+        peeked = peek_client_hello(&mut stream, timeouts.client_hello) => peeked,
+        _ = shed_signal(opening.as_ref()) => {
+            listener.counters.rejected();
+            listener.protection.count(Limit::Shed);
+            tracing::debug!("listener at max_connections: closing the oldest connection still sending its ClientHello");
+            return;
+        }
+    };
+    drop(opening);
+    let hello = match peeked {
         Ok(hello) => hello,
         Err(PeekError::Failure(failure)) => {
             listener.counters.hello_failure(failure);

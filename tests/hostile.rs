@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{build_client_hello, origin, read_to_close, start, tls_connect, HttpConn, Origin};
-use common::{Pki, DEADLINE};
+use common::{metric_value, wait_until, Pki, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tollgate::server::Server;
@@ -348,13 +348,16 @@ async fn a_slowloris_of_500_connections_is_closed_while_normal_clients_are_serve
 #[tokio::test]
 async fn a_flood_of_half_client_hellos_does_not_lock_out_normal_tls_clients() {
     let _serial = SERIAL.lock().await;
+    let flood_size = raise_fd_limit_for(10_000);
     let pki = Pki::new();
     let cert = pki.issue(&["app.example.com"]);
     let o = origin("app", Some(&cert)).await;
+    // client_hello is far beyond the test's deadline: only shedding at max_connections
+    // (not the ClientHello timeout) can let a normal client in.
     let yaml = format!(
         r#"
 limits: {{ max_connections: 200 }}
-timeouts: {{ client_hello: 500ms }}
+timeouts: {{ client_hello: 60s }}
 listeners:
   - name: edge
     listen: 127.0.0.1:0
@@ -369,18 +372,29 @@ pools:
     let addr = server.listener_addr("edge").unwrap();
     let hello = build_client_hello(Some(b"app.example.com"), &[b"http/1.1"]);
     let half = Arc::new(hello[..hello.len() / 2].to_vec());
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut flood = Vec::new();
-    for _ in 0..1000 {
+    for _ in 0..flood_size {
         let half = Arc::clone(&half);
+        let opened = Arc::clone(&opened);
         flood.push(tokio::spawn(async move {
-            let Ok(mut stream) = TcpStream::connect(addr).await else {
-                return true; // refused outright: fine
+            let Ok(Ok(mut stream)) = tokio::time::timeout(DEADLINE, TcpStream::connect(addr)).await
+            else {
+                return true; // refused or never accepted: nothing held
             };
+            opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = stream.write_all(&half).await;
-            read_to_close(&mut stream).await.1
+            // Held half-open until the balancer closes it.
+            tokio::time::timeout(Duration::from_secs(30), read_to_close(&mut stream))
+                .await
+                .is_ok()
         }));
     }
-    // A normal client gets through once the half-open ones time out.
+    wait_until("the flood to fill the listener", || {
+        opened.load(std::sync::atomic::Ordering::Relaxed) >= 1_000
+    })
+    .await;
+    // A normal client gets through while the flood is on.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let attempt = tokio::time::timeout(Duration::from_secs(2), async {
@@ -404,12 +418,25 @@ pools:
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let mut closed = 0;
     for task in flood {
-        assert!(
-            task.await.unwrap(),
-            "a half-open handshake was never closed"
-        );
+        closed += usize::from(task.await.unwrap());
     }
+    // All but the last max_connections were shed; those wait for client_hello (60s).
+    assert!(
+        closed + 200 >= flood_size,
+        "only {closed} of {flood_size} half-open handshakes were closed"
+    );
+    let shed = metric_value(
+        &server.metrics().render(),
+        "tollgate_limit_rejections_total",
+        &[("listener", "edge"), ("limit", "shed")],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        shed >= (flood_size - 400) as f64,
+        "shed {shed} of {flood_size}"
+    );
     let tls = tls_connect(addr, "app.example.com", pki.client_config())
         .await
         .expect("tls after the flood");
@@ -419,6 +446,31 @@ pools:
         .await
         .unwrap();
     assert_eq!(got.status, 200);
+}
+
+/// Raises this process's open-file limit so that `want` client sockets and the
+/// balancer's own fit; returns how many flood connections the limit allows.
+fn raise_fd_limit_for(want: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        }
+    }
+    let fit = (limit.rlim_cur as usize).saturating_sub(2_000);
+    if fit < want {
+        eprintln!(
+            "open-file limit {}: flood of {fit} instead of {want}",
+            limit.rlim_cur
+        );
+    }
+    want.min(fit)
 }
 
 /// The resident set of this process (the balancer runs in it), in bytes.

@@ -187,6 +187,7 @@ pub async fn serve_plain(
     listener: &ListenerRuntime,
     snapshot: &Arc<Snapshot>,
     ctx: &Arc<Context>,
+    opening: Option<crate::protect::shed::OpeningGuard>,
 ) {
     let ListenerKind::Http { action } = &listener.spec.kind else {
         return;
@@ -201,7 +202,13 @@ pub async fn serve_plain(
     let first_byte = tokio::select! {
         peeked = tokio::time::timeout(snapshot.config.timeouts.client_idle, stream.peek(&mut probe)) => peeked,
         _ = ctx.shutdown.cancelled() => return,
+        _ = crate::listener::shed_signal(opening.as_ref()) => {
+            listener.protection.count(crate::protect::Limit::Shed);
+            tracing::debug!("listener at max_connections: closing the oldest connection that has sent nothing");
+            return;
+        }
     };
+    drop(opening);
     if !matches!(first_byte, Ok(Ok(n)) if n > 0) {
         tracing::debug!("connection closed or idle before its first request");
         return;

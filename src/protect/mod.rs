@@ -18,6 +18,7 @@ use crate::config::{BanOn, ListenerSpec, RateLimit};
 use crate::metrics::Metrics;
 
 mod ban;
+pub mod shed;
 pub use ban::{BanTable, Cidr};
 
 /// Shards of each table (a power of two).
@@ -39,16 +40,19 @@ pub enum Limit {
     Body = 3,
     /// `max_requests_per_connection`.
     Requests = 4,
+    /// `max_connections` reached: the oldest connection still opening was closed.
+    Shed = 5,
 }
 
 impl Limit {
     /// Every limit, in label order.
-    pub const ALL: [Limit; 5] = [
+    pub const ALL: [Limit; 6] = [
         Limit::PerIp,
         Limit::Rate,
         Limit::Ban,
         Limit::Body,
         Limit::Requests,
+        Limit::Shed,
     ];
 
     /// The label value.
@@ -59,6 +63,7 @@ impl Limit {
             Limit::Ban => "ban",
             Limit::Body => "body",
             Limit::Requests => "requests",
+            Limit::Shed => "shed",
         }
     }
 }
@@ -263,7 +268,7 @@ pub struct Protection {
     pub rate: Option<Arc<RateLimiter>>,
     /// Temporary bans.
     pub ban: Option<Arc<BanTable>>,
-    rejections: [IntCounter; 5],
+    rejections: [IntCounter; 6],
 }
 
 impl Protection {
