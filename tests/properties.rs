@@ -140,7 +140,8 @@ fn header_helpers_answer_any_value() {
         let _ = headers::keep_alive_timeout(&map);
         let upgrade = headers::is_upgrade_request(&map);
         headers::strip_hop_by_hop(&mut map, upgrade);
-        headers::add_forwarding(&mut map, "192.0.2.1".parse().unwrap(), "https", None);
+        let client = headers::ClientIdentity::new("192.0.2.1".parse().unwrap());
+        headers::add_forwarding(&mut map, &client, "https", None);
         assert!(map.contains_key("x-forwarded-for"), "seed {seed}");
     }
 }

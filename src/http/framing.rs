@@ -16,14 +16,23 @@ const MAX_HEAD: usize = 1 << 20;
 const MAX_NOTES: usize = 64;
 
 /// What a request head said about its framing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeadNote {
-    /// Request method as sent.
-    pub method: String,
-    /// Request target as sent.
-    pub target: String,
+    /// FNV-1a of the request's method and target as sent ([`request_key`]): matches the
+    /// note to the request hyper hands over without keeping strings per request.
+    pub key: u64,
     /// Both Content-Length and Transfer-Encoding were present.
     pub conflicting: bool,
+}
+
+/// The key of a request line: FNV-1a over `method`, a space, and `target`.
+pub fn request_key(method: &[u8], target: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in method.iter().chain(b" ").chain(target) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,18 +96,42 @@ impl FramingScanner {
                     };
                 }
                 State::Head => {
-                    let byte = bytes[0];
-                    bytes = &bytes[1..];
-                    // Empty lines before a request line are skipped, as hyper does.
-                    if self.buf.is_empty() && (byte == b'\r' || byte == b'\n') {
-                        continue;
+                    if self.buf.is_empty() {
+                        // Line ends between messages are skipped.
+                        let skip = bytes
+                            .iter()
+                            .position(|&b| b != b'\r' && b != b'\n')
+                            .unwrap_or(bytes.len());
+                        bytes = &bytes[skip..];
+                        if bytes.is_empty() {
+                            return;
+                        }
                     }
-                    self.buf.push(byte);
-                    if self.buf.ends_with(b"\n\n") || self.buf.ends_with(b"\n\r\n") {
-                        self.end_head();
-                    } else if self.buf.len() > MAX_HEAD {
+                    let Some(n) = head_end(&self.buf, bytes) else {
+                        if self.buf.len() + bytes.len() > MAX_HEAD {
+                            self.stop();
+                            return;
+                        }
+                        self.buf.extend_from_slice(bytes);
+                        return;
+                    };
+                    if self.buf.len() + n > MAX_HEAD + 1 {
                         self.stop();
+                        return;
                     }
+                    if self.buf.is_empty() {
+                        // The usual case: the whole head is in this read; no copy.
+                        self.end_head(&bytes[..n]);
+                    } else {
+                        self.buf.extend_from_slice(&bytes[..n]);
+                        let mut head = std::mem::take(&mut self.buf);
+                        self.end_head(&head);
+                        if self.state != State::Off {
+                            head.clear();
+                            self.buf = head;
+                        }
+                    }
+                    bytes = &bytes[n..];
                 }
                 State::ChunkSize | State::ChunkEnd | State::Trailers => {
                     let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
@@ -139,57 +172,61 @@ impl FramingScanner {
         }
     }
 
-    fn end_head(&mut self) {
-        let head = std::mem::take(&mut self.buf);
-        let text = String::from_utf8_lossy(&head);
-        let mut lines = text.split('\n').map(|l| l.trim_end_matches('\r'));
-        let mut start = lines.next().unwrap_or("").split(' ');
-        let method = start.next().unwrap_or("").to_string();
-        let target = start.next().unwrap_or("").to_string();
-        let (mut lengths, mut encodings) = (Vec::new(), Vec::new());
+    fn end_head(&mut self, head: &[u8]) {
+        let mut lines = head
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        let mut start = lines.next().unwrap_or(b"").split(|&b| b == b' ');
+        let method = start.next().unwrap_or(b"");
+        let target = start.next().unwrap_or(b"");
+        let (mut first_length, mut last_encoding) = (None, None);
         for line in lines {
-            let Some((name, value)) = line.split_once(':') else {
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
                 continue;
             };
-            let name = name.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                lengths.push(value.trim().to_string());
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                encodings.push(value.trim().to_string());
+            let name = trim_both(&line[..colon]);
+            let value = trim_both(&line[colon + 1..]);
+            if name.eq_ignore_ascii_case(b"content-length") {
+                first_length.get_or_insert(value);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                last_encoding = Some(value);
             }
         }
-        let conflicting = !lengths.is_empty() && !encodings.is_empty();
-        self.state = if let Some(last) = encodings.last() {
+        let conflicting = first_length.is_some() && last_encoding.is_some();
+        self.state = if let Some(last) = last_encoding {
             let chunked = last
-                .rsplit(',')
+                .rsplit(|&b| b == b',')
                 .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+                .is_some_and(|t| trim_both(t).eq_ignore_ascii_case(b"chunked"));
             if chunked {
                 State::ChunkSize
             } else {
                 State::Off
             }
-        } else if let Some(first) = lengths.first() {
-            match first.split(',').next().unwrap_or("").trim().parse::<u64>() {
-                Ok(0) => State::Head,
-                Ok(n) => State::Body(n),
-                Err(_) => State::Off,
+        } else if let Some(first) = first_length {
+            let digits = trim_both(first.split(|&b| b == b',').next().unwrap_or(b""));
+            match std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| d.parse::<u64>().ok())
+            {
+                Some(0) => State::Head,
+                Some(n) => State::Body(n),
+                None => State::Off,
             }
         } else {
             State::Head
         };
-        self.notes.push_back(HeadNote {
-            method,
-            target,
+        let note = HeadNote {
+            key: request_key(method, target),
             conflicting,
-        });
-        if self.notes.len() > MAX_NOTES || self.state == State::Off {
-            // hyper refuses what the scanner cannot follow; the note of this head stays.
-            let note = self.notes.pop_back();
+        };
+        if self.notes.len() >= MAX_NOTES || self.state == State::Off {
             self.stop();
-            if let Some(note) = note.filter(|n| n.conflicting) {
+            if note.conflicting {
                 self.notes.push_back(note);
             }
+        } else {
+            self.notes.push_back(note);
         }
     }
 
@@ -197,7 +234,9 @@ impl FramingScanner {
     /// Content-Length and Transfer-Encoding. Out of step: stops, answers false.
     pub fn take_conflicting(&mut self, method: &str, target: &str) -> bool {
         match self.notes.pop_front() {
-            Some(note) if note.method == method && note.target == target => note.conflicting,
+            Some(note) if note.key == request_key(method.as_bytes(), target.as_bytes()) => {
+                note.conflicting
+            }
             Some(_) => {
                 self.stop();
                 false
@@ -205,6 +244,40 @@ impl FramingScanner {
             None => false,
         }
     }
+}
+
+/// Where the head ends: the length of the prefix of `bytes` that completes it (up to and
+/// including the `\n` of the empty line), looking back into `prev` (the head so far).
+fn head_end(prev: &[u8], bytes: &[u8]) -> Option<usize> {
+    let before = |i: usize, k: usize| -> Option<u8> {
+        if i >= k {
+            Some(bytes[i - k])
+        } else {
+            prev.len().checked_sub(k - i).map(|j| prev[j])
+        }
+    };
+    let mut from = 0;
+    while let Some(offset) = bytes[from..].iter().position(|&b| b == b'\n') {
+        let i = from + offset;
+        let b1 = before(i, 1);
+        if b1 == Some(b'\n') || (b1 == Some(b'\r') && before(i, 2) == Some(b'\n')) {
+            return Some(i + 1);
+        }
+        from = i + 1;
+    }
+    None
+}
+
+fn trim_both(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &bytes[start..end]
 }
 
 fn trim(line: &[u8]) -> &[u8] {
@@ -242,15 +315,19 @@ mod tests {
         let stream = stream.as_bytes();
         for split in [1, 2, 3, 7, stream.len()] {
             let got = notes(stream, split);
-            let summary: Vec<(&str, bool)> = got
-                .iter()
-                .map(|n| (n.target.as_str(), n.conflicting))
-                .collect();
-            assert_eq!(
-                summary,
-                [("/a", false), ("/b", false), ("/c", true), ("/d", false)],
-                "split {split}"
-            );
+            let want: Vec<HeadNote> = [
+                ("POST", "/a", false),
+                ("POST", "/b", false),
+                ("POST", "/c", true),
+                ("GET", "/d", false),
+            ]
+            .iter()
+            .map(|(m, t, c)| HeadNote {
+                key: request_key(m.as_bytes(), t.as_bytes()),
+                conflicting: *c,
+            })
+            .collect();
+            assert_eq!(got, want, "split {split}");
         }
     }
 

@@ -6,22 +6,21 @@
 use std::net::IpAddr;
 
 use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, FORWARDED, HOST, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, FORWARDED, HOST,
+    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 
-/// Headers that describe one hop only (RFC 9110 §7.6.1), plus the legacy ones.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
+/// Whether `name` describes one hop only (RFC 9110 §7.6.1), legacy ones included.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TE
+        || name == TRAILER
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == PROXY_AUTHENTICATE
+        || name == PROXY_AUTHORIZATION
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -83,6 +82,10 @@ pub fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers and every header `Connection` names. When `keep_upgrade`,
 /// `Connection: upgrade` and `Upgrade` are kept (a WebSocket handshake passes through).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // The usual message has none: one pass over the names, nothing removed or allocated.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -98,14 +101,44 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in named {
         headers.remove(&name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    let hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name))
+        .cloned()
+        .collect();
+    for name in hop {
+        headers.remove(&name);
     }
-    headers.remove(TE);
-    headers.remove(TRAILER);
     if let Some(value) = upgrade {
         headers.insert(UPGRADE, value);
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// What a connection's client adds to the forwarding headers of each of its requests,
+/// formatted once per connection: its address as an X-Forwarded-For element and as a
+/// Forwarded `for=` node.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    xff: HeaderValue,
+    text: String,
+    forwarded_for: String,
+}
+
+impl ClientIdentity {
+    /// The identity of `client`.
+    pub fn new(client: IpAddr) -> Self {
+        let text = client.to_string();
+        let forwarded_for = match client {
+            IpAddr::V4(_) => format!("for={text}"),
+            IpAddr::V6(_) => format!("for=\"[{text}]\""),
+        };
+        let xff = HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("unknown"));
+        ClientIdentity {
+            xff,
+            text,
+            forwarded_for,
+        }
     }
 }
 
@@ -113,49 +146,65 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// (`http`/`https`). `host` is the request's Host as the client sent it.
 pub fn add_forwarding(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &ClientIdentity,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let client_text = client.to_string();
-    // X-Forwarded-For: append to an existing list.
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client_text}"),
-        _ => client_text.clone(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        // Several X-Forwarded-For lines collapse into the one list.
-        headers.remove(&X_FORWARDED_FOR);
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    // X-Forwarded-For: append to the existing list (several lines join into one).
+    match previous_list(headers, &X_FORWARDED_FOR, client.text.len()) {
+        None => {
+            headers.insert(X_FORWARDED_FOR.clone(), client.xff.clone());
+        }
+        Some(mut list) => {
+            list.push_str(&client.text);
+            if let Ok(v) = HeaderValue::from_str(&list) {
+                headers.insert(X_FORWARDED_FOR.clone(), v);
+            }
+        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
     // Forwarded (RFC 7239): append an element for this hop.
-    let node = match client {
-        IpAddr::V4(_) => client_text,
-        IpAddr::V6(_) => format!("\"[{client_text}]\""),
-    };
-    let mut element = format!("for={node};proto={proto}");
-    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+    let host_text = host.and_then(|h| h.to_str().ok());
+    let element_len =
+        client.forwarded_for.len() + 7 + proto.len() + host_text.map_or(0, |h| h.len() + 8);
+    let mut forwarded = previous_list(headers, &FORWARDED, element_len)
+        .unwrap_or_else(|| String::with_capacity(element_len));
+    forwarded.push_str(&client.forwarded_for);
+    forwarded.push_str(";proto=");
+    forwarded.push_str(proto);
+    if let Some(h) = host_text {
         if h.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
         {
-            element.push_str(";host=");
-            element.push_str(h);
+            forwarded.push_str(";host=");
+            forwarded.push_str(h);
         } else {
-            element.push_str(&format!(";host={h:?}"));
+            forwarded.push_str(&format!(";host={h:?}"));
         }
     }
-    let forwarded = match headers.get(FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {element}"),
-        _ => element,
-    };
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.remove(FORWARDED);
         headers.insert(FORWARDED, v);
     }
+}
+
+/// The values of a list header joined with `, `, followed by `, ` and room for `extra`
+/// more bytes; `None` when the header is absent or blank (or not text).
+fn previous_list(headers: &HeaderMap, name: &HeaderName, extra: usize) -> Option<String> {
+    let mut out: Option<String> = None;
+    for value in headers.get_all(name) {
+        let Ok(text) = value.to_str() else { continue };
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let list = out.get_or_insert_with(|| String::with_capacity(text.len() + 2 + extra));
+        list.push_str(text);
+        list.push_str(", ");
+    }
+    out
 }
 
 /// The request's host without port, lower-cased: from the URI authority
@@ -313,7 +362,12 @@ mod tests {
             ("forwarded", "for=10.0.0.1"),
         ]);
         let host = HeaderValue::from_static("app.example.com");
-        add_forwarding(&mut h, "192.0.2.7".parse().unwrap(), "https", Some(&host));
+        add_forwarding(
+            &mut h,
+            &ClientIdentity::new("192.0.2.7".parse().unwrap()),
+            "https",
+            Some(&host),
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 192.0.2.7");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "app.example.com");
@@ -322,8 +376,32 @@ mod tests {
             "for=10.0.0.1, for=192.0.2.7;proto=https;host=app.example.com"
         );
         let mut v6 = HeaderMap::new();
-        add_forwarding(&mut v6, "::1".parse().unwrap(), "http", None);
+        add_forwarding(
+            &mut v6,
+            &ClientIdentity::new("::1".parse().unwrap()),
+            "http",
+            None,
+        );
         assert_eq!(v6.get("forwarded").unwrap(), "for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn several_forwarding_lines_join_into_one_list() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static(" "));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("10.0.0.2, 10.0.0.3"),
+        );
+        add_forwarding(
+            &mut h,
+            &ClientIdentity::new("192.0.2.7".parse().unwrap()),
+            "http",
+            None,
+        );
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7"]);
     }
 
     #[test]

@@ -166,6 +166,7 @@ pub async fn serve_tls(
             let cx = ProxyContext {
                 table,
                 peer,
+                client: Arc::new(headers::ClientIdentity::new(peer.ip())),
                 proto: "https",
                 timeouts,
                 max_body: snapshot.config.limits.max_request_body_bytes,
@@ -231,6 +232,7 @@ pub async fn serve_plain(
                     let cx = ProxyContext {
                         table,
                         peer,
+                        client: Arc::new(headers::ClientIdentity::new(peer.ip())),
                         proto: "http",
                         timeouts,
                         max_body: snapshot.config.limits.max_request_body_bytes,

@@ -34,6 +34,8 @@ pub struct ProxyContext {
     pub table: Arc<RouteTable>,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client's address as the forwarding headers write it (formatted once).
+    pub client: Arc<headers::ClientIdentity>,
     /// `https` or `http`.
     pub proto: &'static str,
     /// Timeouts.
@@ -269,7 +271,7 @@ async fn to_pool(
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::add_forwarding(
         &mut parts.headers,
-        cx.peer.ip(),
+        &cx.client,
         cx.proto,
         original_host.as_ref(),
     );
