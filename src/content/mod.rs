@@ -2,6 +2,9 @@
 //! (`static_files`), compressing responses (`compress`) and caching them in memory
 //! (`cache`). docs/config.md describes the keys; each part counts itself in metrics.
 
+pub mod accept_encoding;
 pub mod cache;
+pub mod cache_policy;
+pub mod cache_store;
 pub mod compress;
 pub mod static_files;

@@ -234,12 +234,21 @@ async fn forward(
             response
         }
         (Target::Pool(client), Some(cache)) => {
-            let served = &mut served;
-            cache
-                .serve(request, |request| {
-                    to_pool(request, rule, client, cx, started, body_limit, served)
+            let fetched = std::sync::atomic::AtomicBool::new(false);
+            let served_ref = &mut served;
+            let response = cache
+                .serve(request, cx.proto, |request| {
+                    fetched.store(true, std::sync::atomic::Ordering::Relaxed);
+                    to_pool(request, rule, client, cx, started, body_limit, served_ref)
                 })
-                .await
+                .await;
+            if !fetched.load(std::sync::atomic::Ordering::Relaxed) {
+                // Answered from memory (a hit, or a collapsed miss served what the first
+                // one stored): counted like any answer of the rule.
+                rule.metrics.count(response.status(), started);
+                served.backend = Some("cache".to_string());
+            }
+            response
         }
         (Target::Pool(client), None) => {
             to_pool(request, rule, client, cx, started, body_limit, &mut served).await
