@@ -5,18 +5,17 @@
 //! conditional 304s and single byte ranges (206/416), streaming the file in chunks.
 //! The pure parsing lives in `parse`; bytes sent count in `tollgate_static_bytes_total`.
 
+mod open;
 mod parse;
 
 use std::fs::Metadata;
 use std::io::{self, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::Stream;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{
@@ -25,38 +24,29 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 use prometheus::IntCounter;
+use std::io::{Read, Seek};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, Take};
-use tokio_util::io::ReaderStream;
 
+use self::open::{OpenError, RootDir};
 use self::parse::RangeRequest;
 use crate::config::StaticSpec;
-use crate::http::client::{empty_body, BoxError, ProxyBody};
+use crate::http::client::{empty_body, full_body, BoxError, ProxyBody};
 use crate::http::proxy::plain_response;
 use crate::metrics::Metrics;
 
 /// Bytes read from the file per body chunk.
 const CHUNK_BYTES: usize = 64 * 1024;
+/// Files up to this size are read whole when opened and sent from memory.
+const SMALL_FILE_BYTES: u64 = 64 * 1024;
 
 /// A directory served by a route.
 #[derive(Debug)]
 pub struct StaticRoot {
-    root: PathBuf,
+    root: RootDir,
     index: String,
     prefix: String,
     route: String,
     bytes: IntCounter,
-}
-
-/// Why a path under the root could not be opened.
-#[derive(Debug, Error)]
-enum OpenError {
-    /// The path resolves (through a symlink) outside the root.
-    #[error("resolves outside the root")]
-    Outside,
-    /// The filesystem said no.
-    #[error(transparent)]
-    Io(#[from] io::Error),
 }
 
 /// Why a file body ended before its length.
@@ -113,7 +103,7 @@ impl StaticRoot {
     /// Serves `spec.root` for the paths under `path_prefix` of routing table `route`.
     pub fn new(spec: &StaticSpec, path_prefix: &str, route: &str, metrics: &Metrics) -> Self {
         StaticRoot {
-            root: spec.root.clone(),
+            root: RootDir::new(&spec.root),
             index: spec.index.clone(),
             prefix: path_prefix.to_string(),
             route: route.to_string(),
@@ -146,61 +136,55 @@ impl StaticRoot {
                 return not_found();
             }
         };
-        let mut target = self.root.clone();
+        let mut target = PathBuf::new();
         for segment in &rel.segments {
             target.push(std::ffi::OsStr::from_bytes(segment));
         }
-        let (file, meta) = match self.open(target.clone(), &path).await {
+        let opened = match self.open(target.clone(), &path).await {
             Ok(opened) => opened,
             Err(response) => return response,
         };
         let name: Vec<u8> = rel.segments.last().cloned().unwrap_or_default();
-        if meta.is_dir() {
-            drop(file);
+        if opened.meta.is_dir() {
+            drop(opened);
             if !rel.trailing_slash {
                 return redirect_to_dir(&path, query.as_deref());
             }
             let index = target.join(&self.index);
-            let (file, meta) = match self.open(index, &path).await {
+            let opened = match self.open(index, &path).await {
                 Ok(opened) => opened,
                 Err(response) => return response,
             };
-            if !meta.is_file() {
+            if !opened.meta.is_file() {
                 return not_found();
             }
             return self
-                .file_response(file, &meta, self.index.as_bytes(), head, &conditions, path)
+                .file_response(opened, self.index.as_bytes(), head, &conditions, path)
                 .await;
         }
-        if !meta.is_file() || rel.trailing_slash {
+        if !opened.meta.is_file() || rel.trailing_slash {
             return not_found();
         }
-        self.file_response(file, &meta, &name, head, &conditions, path)
+        self.file_response(opened, &name, head, &conditions, path)
             .await
     }
 
-    /// Opens `target` if it resolves under the root, or the error response to send.
-    async fn open(
-        &self,
-        target: PathBuf,
-        path: &str,
-    ) -> Result<(std::fs::File, Metadata), Response<ProxyBody>> {
-        let root = self.root.clone();
-        let opened = tokio::task::spawn_blocking(move || open_beneath(&root, &target)).await;
-        match opened {
-            Ok(Ok(opened)) => Ok(opened),
-            Ok(Err(OpenError::Outside)) => {
+    /// Opens `target` (relative to the root) if it resolves under the root, or the
+    /// error response to send. Opening and reading a small file happen on the worker
+    /// thread, like nginx without `aio`: from the page cache that is a few microseconds,
+    /// while a hand-off to the blocking pool and back costs more than the read.
+    async fn open(&self, target: PathBuf, path: &str) -> Result<Opened, Response<ProxyBody>> {
+        match self
+            .root
+            .open(&target)
+            .and_then(|file| read_small(file).map_err(OpenError::Io))
+        {
+            Ok(opened) => Ok(opened),
+            Err(OpenError::Outside) => {
                 tracing::debug!(route = %self.route, path = %path, "static path resolves outside the root");
                 Err(not_found())
             }
-            Ok(Err(OpenError::Io(error))) => Err(self.io_error(&error, path)),
-            Err(error) => {
-                tracing::warn!(route = %self.route, path = %path, %error, "static file open task failed");
-                Err(plain_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error",
-                ))
-            }
+            Err(OpenError::Io(error)) => Err(self.io_error(&error, path)),
         }
     }
 
@@ -219,13 +203,17 @@ impl StaticRoot {
     /// The answer for an opened regular file: 304, 416, 206 or 200.
     async fn file_response(
         &self,
-        file: std::fs::File,
-        meta: &Metadata,
+        opened: Opened,
         name: &[u8],
         head: bool,
         conditions: &Conditions,
         path: String,
     ) -> Response<ProxyBody> {
+        let Opened {
+            file,
+            meta,
+            content,
+        } = opened;
         let size = meta.len();
         let mtime = meta.modified().ok().and_then(parse::epoch_secs);
         let etag = mtime.map(|m| parse::etag_for(m, size));
@@ -291,15 +279,18 @@ impl StaticRoot {
 
         let body = if head || len == 0 {
             empty_body()
+        } else if let Some(content) = content {
+            self.bytes.inc_by(len);
+            full_body(content.slice(start as usize..(start + len) as usize))
         } else {
-            let mut file = tokio::fs::File::from_std(file);
+            let mut file = file;
             if start > 0 {
-                if let Err(error) = file.seek(SeekFrom::Start(start)).await {
+                if let Err(error) = file.seek(SeekFrom::Start(start)) {
                     return self.io_error(&error, &path);
                 }
             }
             FileBody {
-                stream: ReaderStream::with_capacity(file.take(len), CHUNK_BYTES),
+                file,
                 remaining: len,
                 counter: self.bytes.clone(),
                 path,
@@ -325,30 +316,33 @@ impl StaticRoot {
     }
 }
 
-/// Canonicalizes `target`, checks it is under `root` (itself canonical), opens it
-/// without blocking on a FIFO, and checks again on the opened file (Linux: its
-/// `/proc/self/fd` link) so a symlink swapped in between cannot lead out.
-fn open_beneath(root: &Path, target: &Path) -> Result<(std::fs::File, Metadata), OpenError> {
-    let canonical = target.canonicalize()?;
-    if !canonical.starts_with(root) {
-        return Err(OpenError::Outside);
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&canonical)?;
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let link = format!("/proc/self/fd/{}", file.as_raw_fd());
-        if let Ok(actual) = std::fs::read_link(link) {
-            if !actual.starts_with(root) {
-                return Err(OpenError::Outside);
-            }
+/// The file's metadata and, for a regular file of at most [`SMALL_FILE_BYTES`], its
+/// whole content: its answer then needs no further read.
+fn read_small(file: std::fs::File) -> io::Result<Opened> {
+    let meta = file.metadata()?;
+    let mut content = None;
+    if meta.is_file() && meta.len() <= SMALL_FILE_BYTES {
+        use std::io::Read;
+        let mut buf = Vec::with_capacity(meta.len() as usize);
+        (&file).take(meta.len()).read_to_end(&mut buf)?;
+        // A file that changed size meanwhile is streamed (and checked) instead.
+        if buf.len() as u64 == meta.len() {
+            content = Some(Bytes::from(buf));
         }
     }
-    let meta = file.metadata()?;
-    Ok((file, meta))
+    Ok(Opened {
+        file,
+        meta,
+        content,
+    })
+}
+
+/// An opened file under the root.
+struct Opened {
+    file: std::fs::File,
+    meta: Metadata,
+    /// The whole content, for a regular file of at most [`SMALL_FILE_BYTES`].
+    content: Option<Bytes>,
 }
 
 /// The status for a filesystem error: 404 when the path does not lead to a file
@@ -397,7 +391,7 @@ fn redirect_to_dir(path: &str, query: Option<&str>) -> Response<ProxyBody> {
 /// A file (or a byte range of it) streamed in chunks; ends with an error, never short,
 /// if the file cannot be read to the promised length.
 struct FileBody {
-    stream: ReaderStream<Take<tokio::fs::File>>,
+    file: std::fs::File,
     remaining: u64,
     counter: IntCounter,
     path: String,
@@ -408,23 +402,30 @@ impl Body for FileBody {
     type Data = Bytes;
     type Error = BoxError;
 
+    /// Reads the next chunk on the worker thread (page-cache reads, like nginx without
+    /// `aio`); hyper asks for it only once the previous one was written.
     fn poll_frame(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if this.remaining == 0 {
             return Poll::Ready(None);
         }
-        let error = match ready!(Pin::new(&mut this.stream).poll_next(cx)) {
-            Some(Ok(chunk)) => {
-                let n = (chunk.len() as u64).min(this.remaining);
-                this.remaining -= n;
-                this.counter.inc_by(n);
-                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        let want = this.remaining.min(CHUNK_BYTES as u64) as usize;
+        let mut chunk = vec![0u8; want];
+        let error = loop {
+            match this.file.read(&mut chunk) {
+                Ok(0) => break BodyError::Short(this.remaining),
+                Ok(n) => {
+                    chunk.truncate(n);
+                    this.remaining -= n as u64;
+                    this.counter.inc_by(n as u64);
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break BodyError::Read(e),
             }
-            Some(Err(source)) => BodyError::Read(source),
-            None => BodyError::Short(this.remaining),
         };
         this.remaining = 0;
         tracing::warn!(route = %this.route, path = %this.path, %error, "static file body cut");
@@ -471,18 +472,26 @@ mod tests {
         std::fs::write(root.join("file"), b"yes").unwrap();
         std::os::unix::fs::symlink(dir.path().join("secret"), root.join("out")).unwrap();
         std::os::unix::fs::symlink("file", root.join("in")).unwrap();
-        assert!(open_beneath(&root, &root.join("file")).is_ok());
-        assert!(open_beneath(&root, &root.join("in")).is_ok());
+        // An absolute symlink that stays inside (openat2 refuses it; the portable check
+        // lets it through).
+        std::os::unix::fs::symlink(root.join("file"), root.join("abs-in")).unwrap();
+        let held = RootDir::new(&root);
+        let rel = std::path::Path::new;
+        for name in ["file", "in", "abs-in"] {
+            assert!(held.open(rel(name)).is_ok(), "{name}");
+        }
+        for name in ["out", "../secret"] {
+            assert!(
+                matches!(held.open(rel(name)), Err(OpenError::Outside)),
+                "{name}"
+            );
+            assert!(matches!(
+                open::open_checked(&root, &root.join(name)),
+                Err(OpenError::Outside)
+            ));
+        }
         assert!(matches!(
-            open_beneath(&root, &root.join("out")),
-            Err(OpenError::Outside)
-        ));
-        assert!(matches!(
-            open_beneath(&root, &root.join("../secret")),
-            Err(OpenError::Outside)
-        ));
-        assert!(matches!(
-            open_beneath(&root, &root.join("missing")),
+            held.open(rel("missing")),
             Err(OpenError::Io(e)) if io_status(&e) == StatusCode::NOT_FOUND
         ));
     }
