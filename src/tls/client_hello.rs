@@ -42,10 +42,12 @@ pub enum HelloParse {
     NotTls,
     /// TLS framing, but not a well-formed ClientHello.
     Malformed,
-    /// More bytes are needed; `needed` is the total stream length known to be required
-    /// so far (at least one more byte).
+    /// More bytes are needed; `needed` is the total stream length the records seen so far
+    /// announce (at least one more byte). The answer may become final before that many
+    /// bytes (a malformed next record header, or records announcing more than the hello
+    /// needs); a final answer never changes with more bytes.
     Incomplete {
-        /// Minimum total bytes before the answer can change.
+        /// Total bytes the records seen so far announce.
         needed: usize,
     },
     /// The ClientHello would exceed [`MAX_CLIENT_HELLO_BYTES`].
