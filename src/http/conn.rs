@@ -297,7 +297,6 @@ where
     builder
         .keep_alive(true)
         .half_close(false)
-        .max_headers(200)
         .max_header_size(limits.max_header_bytes)
         .header_read_timeout(None);
     let conn = builder.serve_connection(io, service).with_upgrades();
