@@ -417,9 +417,14 @@ fn too_many_requests(wait: std::time::Duration) -> Response<ProxyBody> {
     response
 }
 
-/// A request body cut at the limit: past `left` bytes it cancels `tripped` and never
-/// yields again (the exchange is dropped; a truncated body is never passed off as
-/// complete, which ending the stream would do).
+/// The request body crossed `limits.max_request_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body over limits.max_request_body_bytes")]
+struct BodyOverLimit;
+
+/// A request body cut at the limit: past `left` bytes it cancels `tripped` and ends with
+/// [`BodyOverLimit`], which aborts the backend exchange (a truncated body is never passed
+/// off as complete, which ending the stream would do).
 struct LimitedBody {
     inner: Incoming,
     left: u64,
@@ -435,7 +440,7 @@ impl Body for LimitedBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.tripped.is_cancelled() {
-            return std::task::Poll::Pending;
+            return std::task::Poll::Ready(Some(Err(BodyOverLimit.into())));
         }
         let polled = std::pin::Pin::new(&mut self.inner)
             .poll_frame(cx)
@@ -444,8 +449,10 @@ impl Body for LimitedBody {
             if let Some(data) = frame.data_ref() {
                 let len = data.len() as u64;
                 if len > self.left {
+                    // The error aborts the backend exchange (hyper drops the connection);
+                    // the token tells the proxy to answer 413 if no response came yet.
                     self.tripped.cancel();
-                    return std::task::Poll::Pending;
+                    return std::task::Poll::Ready(Some(Err(BodyOverLimit.into())));
                 }
                 self.left -= len;
             }
