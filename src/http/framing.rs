@@ -184,8 +184,8 @@ impl FramingScanner {
             let Some(colon) = line.iter().position(|&b| b == b':') else {
                 continue;
             };
-            let name = trim_both(&line[..colon]);
-            let value = trim_both(&line[colon + 1..]);
+            let name = line[..colon].trim_ascii();
+            let value = line[colon + 1..].trim_ascii();
             if name.eq_ignore_ascii_case(b"content-length") {
                 first_length.get_or_insert(value);
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -197,14 +197,18 @@ impl FramingScanner {
             let chunked = last
                 .rsplit(|&b| b == b',')
                 .next()
-                .is_some_and(|t| trim_both(t).eq_ignore_ascii_case(b"chunked"));
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             if chunked {
                 State::ChunkSize
             } else {
                 State::Off
             }
         } else if let Some(first) = first_length {
-            let digits = trim_both(first.split(|&b| b == b',').next().unwrap_or(b""));
+            let digits = first
+                .split(|&b| b == b',')
+                .next()
+                .unwrap_or(b"")
+                .trim_ascii();
             match std::str::from_utf8(digits)
                 .ok()
                 .and_then(|d| d.parse::<u64>().ok())
@@ -266,18 +270,6 @@ fn head_end(prev: &[u8], bytes: &[u8]) -> Option<usize> {
         from = i + 1;
     }
     None
-}
-
-fn trim_both(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &bytes[start..end]
 }
 
 fn trim(line: &[u8]) -> &[u8] {

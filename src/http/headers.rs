@@ -42,7 +42,7 @@ pub fn has_conflicting_framing(headers: &HeaderMap) -> bool {
     let mut seen: Option<&[u8]> = None;
     for value in std::iter::once(first).chain(lengths) {
         for part in value.as_bytes().split(|&b| b == b',') {
-            let part = trim(part);
+            let part = part.trim_ascii();
             match seen {
                 None => seen = Some(part),
                 Some(prev) if prev == part => {}
@@ -51,18 +51,6 @@ pub fn has_conflicting_framing(headers: &HeaderMap) -> bool {
         }
     }
     false
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &bytes[start..end]
 }
 
 /// Whether the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
