@@ -288,11 +288,7 @@ pub fn http_date(value: &hyper::header::HeaderValue) -> Option<SystemTime> {
 
 /// Whether `If-None-Match` (a list or `*`) names entity tag `etag`, weak comparison.
 pub fn etag_matches(if_none_match: &str, etag: &str) -> bool {
-    let strip = |t: &str| t.trim().trim_start_matches("W/").to_string();
-    let etag = strip(etag);
-    split_outside_quotes(if_none_match)
-        .into_iter()
-        .any(|t| t.trim() == "*" || strip(t) == etag)
+    crate::content::etag::none_match(if_none_match, etag)
 }
 
 /// Whether a request's own `If-None-Match` (or, without it, `If-Modified-Since`)

@@ -7,4 +7,5 @@ pub mod cache;
 pub mod cache_policy;
 pub mod cache_store;
 pub mod compress;
+pub mod etag;
 pub mod static_files;

@@ -140,7 +140,7 @@ impl StaticRoot {
         for segment in &rel.segments {
             target.push(std::ffi::OsStr::from_bytes(segment));
         }
-        let opened = match self.open(target.clone(), &path).await {
+        let opened = match self.open(target.clone(), &path) {
             Ok(opened) => opened,
             Err(response) => return response,
         };
@@ -151,29 +151,28 @@ impl StaticRoot {
                 return redirect_to_dir(&path, query.as_deref());
             }
             let index = target.join(&self.index);
-            let opened = match self.open(index, &path).await {
+            let opened = match self.open(index, &path) {
                 Ok(opened) => opened,
                 Err(response) => return response,
             };
             if !opened.meta.is_file() {
                 return not_found();
             }
-            return self
-                .file_response(opened, self.index.as_bytes(), head, &conditions, path)
-                .await;
+            return self.file_response(opened, self.index.as_bytes(), head, &conditions, path);
         }
         if !opened.meta.is_file() || rel.trailing_slash {
             return not_found();
         }
         self.file_response(opened, &name, head, &conditions, path)
-            .await
     }
 
     /// Opens `target` (relative to the root) if it resolves under the root, or the
     /// error response to send. Opening and reading a small file happen on the worker
     /// thread, like nginx without `aio`: from the page cache that is a few microseconds,
     /// while a hand-off to the blocking pool and back costs more than the read.
-    async fn open(&self, target: PathBuf, path: &str) -> Result<Opened, Response<ProxyBody>> {
+    // The error is the answer itself, built once and moved out: no cost to box away.
+    #[allow(clippy::result_large_err)]
+    fn open(&self, target: PathBuf, path: &str) -> Result<Opened, Response<ProxyBody>> {
         match self
             .root
             .open(&target)
@@ -201,7 +200,7 @@ impl StaticRoot {
     }
 
     /// The answer for an opened regular file: 304, 416, 206 or 200.
-    async fn file_response(
+    fn file_response(
         &self,
         opened: Opened,
         name: &[u8],
