@@ -468,17 +468,26 @@ async fn connection_loop(
     };
     let mut sender: Option<Sender> = None;
     loop {
+        // Whether this connection was idle, waiting for the request's intended time.
+        let mut waited_for_schedule = false;
         if interval.is_some() {
             if intended >= end {
                 break;
             }
             if Instant::now() < intended {
                 tokio::time::sleep_until(intended).await;
+                waited_for_schedule = true;
             }
         } else if Instant::now() >= end {
             break;
         }
+        // Open loop: a request sent late because the server held this connection (its
+        // previous answer came after this one's intended time) is charged from the
+        // intended time: the coordinated-omission correction. A request sent late only
+        // because the generator's own timer woke late (tokio's timer has 1 ms ticks) is
+        // charged from when it was sent: that delay is not the server's.
         let began = match interval {
+            Some(_) if waited_for_schedule => Instant::now(),
             Some(_) => intended,
             None => Instant::now(),
         };
