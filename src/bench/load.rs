@@ -467,27 +467,27 @@ async fn connection_loop(
         None => start,
     };
     let mut sender: Option<Sender> = None;
+    // Open loop: sends are timed with a timerfd (tokio's timer ticks once a millisecond,
+    // and each request is charged from its intended time).
+    let timer = interval.and_then(|_| super::timer::PreciseTimer::new().ok());
     loop {
-        // Whether this connection was idle, waiting for the request's intended time.
-        let mut waited_for_schedule = false;
         if interval.is_some() {
             if intended >= end {
                 break;
             }
             if Instant::now() < intended {
-                tokio::time::sleep_until(intended).await;
-                waited_for_schedule = true;
+                let precise = match &timer {
+                    Some(timer) => timer.sleep_until(intended).await.is_ok(),
+                    None => false,
+                };
+                if !precise {
+                    tokio::time::sleep_until(intended).await;
+                }
             }
         } else if Instant::now() >= end {
             break;
         }
-        // Open loop: a request sent late because the server held this connection (its
-        // previous answer came after this one's intended time) is charged from the
-        // intended time: the coordinated-omission correction. A request sent late only
-        // because the generator's own timer woke late (tokio's timer has 1 ms ticks) is
-        // charged from when it was sent: that delay is not the server's.
         let began = match interval {
-            Some(_) if waited_for_schedule => Instant::now(),
             Some(_) => intended,
             None => Instant::now(),
         };

@@ -11,3 +11,4 @@ pub mod report;
 mod sampling;
 pub mod scenarios;
 pub mod testbed;
+pub mod timer;
