@@ -236,8 +236,8 @@ pub async fn accept_loop(
                 continue;
             }
         }
-        // At max_connections the oldest connection still opening (no ClientHello, no
-        // first byte yet) makes room; when none is, this one waits for a slot (and the
+        // At max_connections the oldest connection still opening (no complete ClientHello,
+        // no complete first request head) makes room; when none is, this one waits for a slot (and the
         // ones behind it in the kernel's backlog).
         let permit = match Arc::clone(&permits).try_acquire_owned() {
             Ok(permit) => permit,

@@ -1,6 +1,7 @@
 //! `max_connections` on a full listener: a new connection closes the oldest one still in
-//! its opening stage (an http client that has sent nothing), never one that is being
-//! served; when every slot is in use by served connections, new ones wait for a slot.
+//! its opening stage (an http client that has sent nothing, or only part of its first
+//! request head), never one that is being served; when every slot is in use by served
+//! connections, new ones wait for a slot.
 
 mod common;
 
@@ -73,6 +74,39 @@ async fn the_oldest_silent_connection_makes_room() {
         &[("listener", "plain"), ("limit", "shed")],
     );
     assert_eq!(shed, Some(1.0));
+}
+
+#[tokio::test]
+async fn a_slow_first_request_head_can_be_shed_too() {
+    let (server, _o, addr) = full_listener().await;
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut conn, b"GET / HTTP/1.1\r\nHost: a.exa")
+            .await
+            .unwrap();
+        slow.push(conn);
+    }
+    wait_until("four slow heads accepted", || {
+        metric_value(
+            &server.metrics().render(),
+            "tollgate_connections_active",
+            &[("listener", "plain"), ("mode", "http")],
+        ) == Some(4.0)
+    })
+    .await;
+    // request_header is 10 s: only shedding lets a real client in now.
+    let _kept = served(addr).await;
+    let (_, closed) = read_to_close(&mut slow[0]).await;
+    assert!(closed, "the oldest slow head was closed");
+    assert_eq!(
+        metric_value(
+            &server.metrics().render(),
+            "tollgate_limit_rejections_total",
+            &[("listener", "plain"), ("limit", "shed")],
+        ),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]

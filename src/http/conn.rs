@@ -48,6 +48,13 @@ pub struct ConnActivity {
     answered: AtomicU64,
     /// The response to the last request `max_requests_per_connection` allows went out.
     request_limit_hit: std::sync::atomic::AtomicBool,
+    /// The connection's place in its listener's opening stage, until its first request
+    /// head is complete (a full listener may shed it meanwhile; `protect::shed`).
+    opening: std::sync::Mutex<Option<crate::protect::shed::OpeningGuard>>,
+    /// `opening` holds a guard (checked without the lock on every request).
+    opening_held: std::sync::atomic::AtomicBool,
+    /// Cancelled when the connection is shed.
+    shed: std::sync::OnceLock<CancellationToken>,
 }
 
 impl ConnActivity {
@@ -62,6 +69,9 @@ impl ConnActivity {
             draining: std::sync::atomic::AtomicBool::new(false),
             framing: std::sync::Mutex::new(FramingScanner::default()),
             answered: AtomicU64::new(0),
+            opening: std::sync::Mutex::new(None),
+            opening_held: std::sync::atomic::AtomicBool::new(false),
+            shed: std::sync::OnceLock::new(),
             request_limit_hit: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -110,8 +120,33 @@ impl ConnActivity {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// Keeps the connection in its listener's opening stage until its first request head
+    /// is complete: a full listener may close it until then.
+    pub fn hold_opening(&self, guard: crate::protect::shed::OpeningGuard) {
+        let _ = self.shed.set(guard.shed());
+        if let Ok(mut slot) = self.opening.lock() {
+            *slot = Some(guard);
+            self.opening_held.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Completes when the connection was shed (never when it holds no opening guard).
+    async fn shed_signal(&self) {
+        match self.shed.get() {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// A request's headers were parsed; it is now in flight.
     pub fn request_started(&self) {
+        if self.opening_held.load(Ordering::Relaxed) {
+            self.opening_held.store(false, Ordering::Relaxed);
+            // Leaves the opening stage: never shed from now on.
+            if let Ok(mut slot) = self.opening.lock() {
+                slot.take();
+            }
+        }
         self.header_since_ms.store(0, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
@@ -245,6 +280,8 @@ pub enum ConnEnd {
     Refused(u16),
     /// Closed after the last request `max_requests_per_connection` allows.
     RequestLimit,
+    /// Shed before its first request head was complete (the listener was full).
+    Shed,
 }
 
 /// Serves HTTP/1.1 on `stream` with `make_service(activity)` until the connection ends.
@@ -330,6 +367,10 @@ where
                 limits.client_idle = limits.client_idle.min(DRAIN_IDLE);
             }
             _ = activity.changed.notified() => {}
+            _ = activity.shed_signal() => {
+                tracing::debug!("listener at max_connections: closing the oldest connection whose first request is incomplete");
+                return ConnEnd::Shed;
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 let now = activity.now_ms();
                 let last = activity.last_ms.load(Ordering::Relaxed);

@@ -105,6 +105,10 @@ fn count_end(end: ConnEnd, table: Option<&RouteTable>, listener: &ListenerRuntim
             listener.protection.count(crate::protect::Limit::Requests);
             return;
         }
+        ConnEnd::Shed => {
+            listener.protection.count(crate::protect::Limit::Shed);
+            return;
+        }
         ConnEnd::Refused(code) => code,
         ConnEnd::HeaderTimeout => 408,
         _ => return,
@@ -209,7 +213,8 @@ pub async fn serve_plain(
             return;
         }
     };
-    drop(opening);
+    // Still sheddable until its first request head is complete (conn.rs).
+    let mut opening = opening;
     if !matches!(first_byte, Ok(Ok(n)) if n > 0) {
         tracing::debug!("connection closed or idle before its first request");
         return;
@@ -229,6 +234,9 @@ pub async fn serve_plain(
                 limits(snapshot),
                 &ctx.shutdown,
                 |activity| {
+                    if let Some(guard) = opening.take() {
+                        activity.hold_opening(guard);
+                    }
                     let cx = ProxyContext {
                         table,
                         peer,
@@ -253,6 +261,9 @@ pub async fn serve_plain(
                 limits(snapshot),
                 &ctx.shutdown,
                 |activity| {
+                    if let Some(guard) = opening.take() {
+                        activity.hold_opening(guard);
+                    }
                     hyper::service::service_fn(move |req| {
                         activity.request_started();
                         let response = if proxy::has_ambiguous_framing(&req, &activity) {

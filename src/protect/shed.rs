@@ -1,6 +1,6 @@
 //! Load shedding at `max_connections`: the connections of a listener still in their
 //! opening stage (no complete ClientHello yet on a `tls` listener, no complete first
-//! request head on an `http` one), oldest first. When the listener is full, a newly
+//! request head on an `http` one: `http::conn` holds the guard until then), oldest first. When the listener is full, a newly
 //! accepted connection closes the oldest of them to take its place, the way a SYN cache
 //! evicts its oldest embryonic connection: a flood of half-open handshakes then cannot
 //! hold every slot until `timeouts.client_hello` while real clients, whose first bytes
