@@ -7,21 +7,20 @@
 //! once when it is idempotent and has no body: on a new connection to the same backend
 //! if the failed one was reused (the backend had closed it), else on the next backend
 //! (it died with the request in flight), like HAProxy's `retry-on empty-response`.
+//! Each exchange runs in the client connection's task (`exchange.rs`); an upgrade
+//! request always gets a new connection, which becomes the backend side of the tunnel.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{Method, Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response, StatusCode};
 use tokio::time::Instant;
 
+use super::exchange::body::BackendBody;
+use super::exchange::{self, BackendConn, ExchangeError};
 use super::headers::keep_alive_timeout;
 use crate::config::BackendConnections;
 use crate::error::ProxyError;
@@ -37,6 +36,9 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// Idle connections kept per backend at most.
 const MAX_IDLE_PER_BACKEND: usize = 128;
 
+/// Read buffer an idle connection may keep; a larger one is released.
+const IDLE_BUFFER_MAX: usize = 32 * 1024;
+
 /// Why forwarding failed, mapped to 502 / 503 / 504 by the proxy.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -48,11 +50,24 @@ pub enum ForwardError {
     Timeout(Duration),
     /// The backend broke the exchange (reset, garbage, closed early).
     #[error("backend failed: {0}")]
-    Backend(hyper::Error),
+    Backend(ExchangeError),
+    /// The client's request body failed while it was being forwarded (malformed
+    /// chunked coding, a length that does not match): the client's fault.
+    #[error("request body: {0}")]
+    RequestBody(BoxError),
+}
+
+impl From<ExchangeError> for ForwardError {
+    fn from(err: ExchangeError) -> Self {
+        match err {
+            ExchangeError::RequestBody(err) => ForwardError::RequestBody(err),
+            other => ForwardError::Backend(other),
+        }
+    }
 }
 
 struct IdleConn {
-    sender: SendRequest<ProxyBody>,
+    conn: BackendConn,
     expires: Instant,
 }
 
@@ -82,6 +97,17 @@ pub struct Forwarded {
     pub backend: String,
     /// The backend's index in its pool.
     pub index: usize,
+    /// After a 101 answer to an upgrade request: the backend connection.
+    pub upgraded: Option<Upgraded>,
+}
+
+/// The backend side of an upgraded connection.
+#[derive(Debug)]
+pub struct Upgraded {
+    /// The connection, with any bytes the backend sent after its head in its buffer.
+    pub conn: BackendConn,
+    /// Counts the connection on its backend while the tunnel is open.
+    pub guard: BackendGuard,
 }
 
 impl PoolClient {
@@ -128,28 +154,28 @@ impl PoolClient {
             }
             .into());
         };
-        // An idempotent, body-less request that fails before any response byte (a reused
-        // connection the backend had closed, or a backend that died with the request in
-        // flight) is sent once more: keep what is needed to rebuild it.
-        let retry = retry_copy(&request);
-        let idle = if pooled {
-            self.take_idle(first).await
+        let upgrade = super::headers::is_upgrade_request(request.headers());
+        let idle = if pooled && !upgrade {
+            self.take_idle(first)
         } else {
             None
         };
         let reused = idle.is_some();
-        let (sender, guard) = match idle {
+        // An idempotent, body-less request that fails before any response byte (a reused
+        // connection the backend had closed, or a backend that died with the request in
+        // flight) is sent once more: keep what is needed to rebuild it.
+        let request = exchange::Outgoing::new(request);
+        let retry = request.retry_copy();
+        let (conn, guard) = match idle {
             Some(pair) => pair,
             None => self.open(&candidates, connect_timeout).await?,
         };
         let tried = guard.index();
         match self
-            .exchange(sender, guard, request, response_timeout, pooled)
+            .exchange(conn, guard, request, response_timeout, upgrade)
             .await
         {
-            // `send_request` fails only before the response head: after it, errors
-            // surface in the body stream instead.
-            Err(ForwardError::Backend(err)) => {
+            Err(ForwardError::Backend(err)) if err.before_response() => {
                 let Some(again) = retry else {
                     return Err(ForwardError::Backend(err));
                 };
@@ -163,8 +189,8 @@ impl PoolClient {
                     &others
                 };
                 tracing::debug!(pool = %self.pool.name, error = %err, reused, "backend failed before answering; retrying once");
-                let (sender, guard) = self.open(order, connect_timeout).await?;
-                self.exchange(sender, guard, again, response_timeout, pooled)
+                let (conn, guard) = self.open(order, connect_timeout).await?;
+                self.exchange(conn, guard, again, response_timeout, upgrade)
                     .await
             }
             other => other,
@@ -176,24 +202,18 @@ impl PoolClient {
         &self,
         candidates: &[usize],
         connect_timeout: Duration,
-    ) -> Result<(SendRequest<ProxyBody>, BackendGuard), ForwardError> {
+    ) -> Result<(BackendConn, BackendGuard), ForwardError> {
         let (stream, guard) = self
             .pool
             .connect_in_order(candidates, connect_timeout)
             .await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake::<_, ProxyBody>(TokioIo::new(stream))
-            .await
-            .map_err(ForwardError::Backend)?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        Ok((sender, guard))
+        Ok((BackendConn::new(stream), guard))
     }
 
     /// Pops a live idle connection to backend `index`.
-    async fn take_idle(&self, index: usize) -> Option<(SendRequest<ProxyBody>, BackendGuard)> {
+    fn take_idle(&self, index: usize) -> Option<(BackendConn, BackendGuard)> {
         let slot = self.idle.get(index)?;
+        let now = Instant::now();
         loop {
             let candidate = {
                 let Ok(mut idle) = slot.lock() else {
@@ -201,66 +221,58 @@ impl PoolClient {
                 };
                 idle.pop()
             }?;
-            if candidate.expires <= Instant::now() || candidate.sender.is_closed() {
-                continue;
-            }
-            let IdleConn { mut sender, .. } = candidate;
-            // The previous response has been read to its end; readiness is immediate
-            // unless the connection broke (no timer on that common path).
-            if sender.is_ready() {
-                return Some((sender, self.pool.acquire(index)));
-            }
-            match tokio::time::timeout(Duration::from_millis(100), sender.ready()).await {
-                Ok(Ok(())) => return Some((sender, self.pool.acquire(index))),
-                _ => continue,
+            if candidate.expires > now && candidate.conn.looks_idle() {
+                return Some((candidate.conn, self.pool.acquire(index)));
             }
         }
     }
 
     async fn exchange(
         self: &Arc<Self>,
-        mut sender: SendRequest<ProxyBody>,
+        mut conn: BackendConn,
         guard: BackendGuard,
-        request: Request<ProxyBody>,
+        request: exchange::Outgoing,
         response_timeout: Duration,
-        reusable: bool,
+        upgrade: bool,
     ) -> Result<Forwarded, ForwardError> {
         let backend = guard.backend().name.clone();
         let index = guard.index();
-        let response =
-            match tokio::time::timeout(response_timeout, sender.send_request(request)).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(err)) => return Err(ForwardError::Backend(err)),
+        let reusable = self.mode == BackendConnections::Pooled && !upgrade;
+        let answer =
+            match tokio::time::timeout(response_timeout, exchange::exchange(&mut conn, request))
+                .await
+            {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(err)) => return Err(err.into()),
                 Err(_) => return Err(ForwardError::Timeout(response_timeout)),
             };
-        let keep = reusable
-            && response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
-            && !super::headers::connection_has_token(response.headers(), "close");
-        let (parts, body) = response.into_parts();
-        let body = if keep {
-            let expires = self.expiry(&parts.headers);
-            ReturningBody {
-                inner: body,
-                on_end: Some(ReturnToPool {
-                    client: Arc::clone(self),
-                    index,
-                    conn: IdleConn { sender, expires },
-                    _guard: guard,
-                }),
+        let head = answer.head;
+        if upgrade && head.parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection becomes the backend side of a tunnel; the guard counts it
+            // while the tunnel is open.
+            return Ok(Forwarded {
+                response: Response::from_parts(head.parts, empty_body()),
+                backend,
+                index,
+                upgraded: Some(Upgraded { conn, guard }),
+            });
+        }
+        let keep = reusable && head.keep_alive && answer.unsent.is_none();
+        let expires = self.expiry(&head.parts.headers);
+        let client = Arc::clone(self);
+        // The guard counts the connection as busy until its response body ends.
+        let on_end = Box::new(move |done: Option<BackendConn>| {
+            if let Some(conn) = done {
+                client.give_back(index, IdleConn { conn, expires });
             }
-            .boxed_unsync()
-        } else {
-            // The connection (and its guard) live as long as the body.
-            HoldingBody {
-                inner: body,
-                _held: Some((sender, guard)),
-            }
-            .boxed_unsync()
-        };
+            drop(guard);
+        });
+        let body = BackendBody::new(conn, head.framing, keep, on_end, answer.unsent);
         Ok(Forwarded {
-            response: Response::from_parts(parts, body),
+            response: Response::from_parts(head.parts, body.boxed_unsync()),
             backend,
             index,
+            upgraded: None,
         })
     }
 
@@ -274,9 +286,14 @@ impl PoolClient {
         Instant::now() + idle
     }
 
-    fn give_back(&self, index: usize, conn: IdleConn) {
-        if conn.expires <= Instant::now() || conn.sender.is_closed() {
+    fn give_back(&self, index: usize, mut conn: IdleConn) {
+        let now = Instant::now();
+        if conn.expires <= now {
             return;
+        }
+        // An idle connection keeps a modest read buffer, not the largest it ever needed.
+        if conn.conn.buf.capacity() > IDLE_BUFFER_MAX {
+            conn.conn.buf = BytesMut::new();
         }
         let Some(slot) = self.idle.get(index) else {
             return;
@@ -284,29 +301,11 @@ impl PoolClient {
         let Ok(mut idle) = slot.lock() else {
             return;
         };
-        let now = Instant::now();
-        idle.retain(|c| c.expires > now && !c.sender.is_closed());
+        idle.retain(|c| c.expires > now);
         if idle.len() < MAX_IDLE_PER_BACKEND {
             idle.push(conn);
         }
     }
-}
-
-/// A copy of a request that can be sent again: idempotent method and no body.
-fn retry_copy(request: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
-    let idempotent = matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    );
-    if !idempotent || !request.body().is_end_stream() {
-        return None;
-    }
-    let mut copy = Request::new(empty_body());
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    Some(copy)
 }
 
 /// An empty body of the proxy's body type.
@@ -321,97 +320,4 @@ pub fn full_body(bytes: impl Into<Bytes>) -> ProxyBody {
     http_body_util::Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
-}
-
-struct ReturnToPool {
-    client: Arc<PoolClient>,
-    index: usize,
-    conn: IdleConn,
-    /// Counts the connection as busy until its response body ends.
-    _guard: BackendGuard,
-}
-
-/// A backend response body that returns its connection to the pool once read to the end.
-struct ReturningBody {
-    inner: Incoming,
-    on_end: Option<ReturnToPool>,
-}
-
-impl ReturningBody {
-    fn finish(&mut self) {
-        if let Some(back) = self.on_end.take() {
-            back.client.give_back(back.index, back.conn);
-        }
-    }
-}
-
-impl Drop for ReturningBody {
-    fn drop(&mut self) {
-        // A body hyper never polled because it was empty (HEAD, 204, 304) is complete.
-        if self.inner.is_end_stream() {
-            self.finish();
-        }
-    }
-}
-
-impl Body for ReturningBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner)
-            .poll_frame(cx)
-            .map_err(BoxError::from);
-        match &polled {
-            Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Err(_))) => {
-                self.on_end = None;
-            }
-            _ => {
-                if self.inner.is_end_stream() {
-                    self.finish();
-                }
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A backend response body that keeps its (non-reusable) connection alive while read.
-struct HoldingBody {
-    inner: Incoming,
-    _held: Option<(SendRequest<ProxyBody>, BackendGuard)>,
-}
-
-impl Body for HoldingBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner)
-            .poll_frame(cx)
-            .map_err(BoxError::from)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

@@ -74,27 +74,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
     let upgrade = if keep_upgrade {
         headers.get(UPGRADE).cloned()
     } else {
         None
     };
+    // Headers `Connection` names beyond the hop-by-hop ones removed below (rare:
+    // `Connection: keep-alive` or `close` name nothing else).
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|name| !is_hop_by_hop(name))
+        .collect();
     for name in named {
         headers.remove(&name);
     }
-    let hop: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_hop_by_hop(name))
-        .cloned()
-        .collect();
-    for name in hop {
+    // Remove each hop-by-hop name present, one at a time, without collecting them.
+    while let Some(name) = headers.keys().find(|name| is_hop_by_hop(name)).cloned() {
         headers.remove(&name);
     }
     if let Some(value) = upgrade {
@@ -105,12 +106,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// What a connection's client adds to the forwarding headers of each of its requests,
 /// formatted once per connection: its address as an X-Forwarded-For element and as a
-/// Forwarded `for=` node.
-#[derive(Debug, Clone)]
+/// Forwarded `for=` node. The last `Forwarded` value built is kept with the Host and
+/// proto it was built for: a keep-alive connection usually repeats both.
+#[derive(Debug)]
 pub struct ClientIdentity {
     xff: HeaderValue,
     text: String,
     forwarded_for: String,
+    last_forwarded: std::sync::Mutex<Option<LastForwarded>>,
+}
+
+#[derive(Debug)]
+struct LastForwarded {
+    host: Option<HeaderValue>,
+    proto: &'static str,
+    value: HeaderValue,
 }
 
 impl ClientIdentity {
@@ -126,6 +136,7 @@ impl ClientIdentity {
             xff,
             text,
             forwarded_for,
+            last_forwarded: std::sync::Mutex::new(None),
         }
     }
 }
@@ -155,6 +166,37 @@ pub fn add_forwarding(
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
     // Forwarded (RFC 7239): append an element for this hop.
+    if !headers.contains_key(FORWARDED) {
+        if let Ok(mut last) = client.last_forwarded.lock() {
+            if let Some(seen) = last.as_ref() {
+                if seen.proto == proto && seen.host.as_ref() == host {
+                    headers.insert(FORWARDED, seen.value.clone());
+                    return;
+                }
+            }
+            if let Some(value) = forwarded_value(headers, client, proto, host) {
+                *last = Some(LastForwarded {
+                    host: host.cloned(),
+                    proto,
+                    value: value.clone(),
+                });
+                headers.insert(FORWARDED, value);
+            }
+            return;
+        }
+    }
+    if let Some(value) = forwarded_value(headers, client, proto, host) {
+        headers.insert(FORWARDED, value);
+    }
+}
+
+/// The `Forwarded` value: the request's own list, then this hop's element.
+fn forwarded_value(
+    headers: &HeaderMap,
+    client: &ClientIdentity,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) -> Option<HeaderValue> {
     let host_text = host.and_then(|h| h.to_str().ok());
     let element_len =
         client.forwarded_for.len() + 7 + proto.len() + host_text.map_or(0, |h| h.len() + 8);
@@ -173,9 +215,7 @@ pub fn add_forwarding(
             forwarded.push_str(&format!(";host={h:?}"));
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert(FORWARDED, v);
-    }
+    HeaderValue::from_str(&forwarded).ok()
 }
 
 /// The values of a list header joined with `, `, followed by `, ` and room for `extra`

@@ -2,10 +2,12 @@
 //! `protocol: http` listeners. `conn.rs` drives a client connection (keep-alive, clocks,
 //! drain), `proxy.rs` handles each request, `headers.rs` holds the header rules,
 //! `framing.rs` follows the raw request stream for the framing conflicts hyper hides,
-//! and `client.rs` the backend side (`per_request` or `pooled`).
+//! `client.rs` the backend side (`per_request` or `pooled`) and `exchange.rs` one HTTP/1.1
+//! exchange on a backend connection.
 
 pub mod client;
 pub mod conn;
+pub mod exchange;
 pub mod framing;
 pub mod headers;
 pub mod proxy;

@@ -318,28 +318,37 @@ async fn to_pool(
         cx.timeouts.connect,
         cx.timeouts.backend_response,
     );
-    let forwarded = match &body_limit {
+    let over_limit = || {
+        // Dropping the exchange aborts the backend connection mid-body: the backend
+        // never sees a complete request.
+        tracing::info!(pool = %client.pool().name, "request body over limits.max_request_body_bytes; 413 and close");
+        cx.conn.protection.count(Limit::Body);
+        rule.metrics.count(StatusCode::PAYLOAD_TOO_LARGE, started);
+        closing(plain_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+        ))
+    };
+    let tripped = body_limit.as_ref().map(|(_, tripped)| tripped.clone());
+    let forwarded = match &tripped {
         None => send.await,
-        Some((_, tripped)) => {
+        Some(tripped) => {
             tokio::select! {
                 biased;
-                _ = tripped.cancelled() => {
-                    // Dropping the exchange aborts the backend connection mid-body: the
-                    // backend never sees a complete request.
-                    tracing::info!(pool = %client.pool().name, "request body over limits.max_request_body_bytes; 413 and close");
-                    cx.conn.protection.count(Limit::Body);
-                    rule.metrics.count(StatusCode::PAYLOAD_TOO_LARGE, started);
-                    return closing(plain_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"));
-                }
+                _ = tripped.cancelled() => return over_limit(),
                 r = send => r,
             }
         }
     };
     let forwarded = match forwarded {
         Ok(f) => f,
+        // The exchange read the body past the limit in the same poll that ended it.
+        Err(ForwardError::RequestBody(_)) if tripped.as_ref().is_some_and(|t| t.is_cancelled()) => {
+            return over_limit();
+        }
         // The request body the client sent was malformed (a bad chunk size or an
         // oversized chunk extension): the client's fault, not the backend's.
-        Err(ForwardError::Backend(err)) if err.is_user() => {
+        Err(ForwardError::RequestBody(err)) => {
             tracing::info!(pool = %client.pool().name, error = %err, "malformed request body; 400 and close");
             rule.metrics.count(StatusCode::BAD_REQUEST, started);
             return closing(plain_response(
@@ -357,7 +366,9 @@ async fn to_pool(
                     StatusCode::GATEWAY_TIMEOUT,
                     "backend did not answer in time",
                 ),
-                ForwardError::Backend(_) => (StatusCode::BAD_GATEWAY, "backend failed"),
+                ForwardError::Backend(_) | ForwardError::RequestBody(_) => {
+                    (StatusCode::BAD_GATEWAY, "backend failed")
+                }
             };
             tracing::warn!(pool = %client.pool().name, error = %err, status = status.as_u16(), "request not forwarded");
             rule.metrics.count(status, started);
@@ -374,20 +385,20 @@ async fn to_pool(
     served.backend = Some(forwarded.backend);
 
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let backend_upgrade = hyper::upgrade::on(&mut response);
+        if let (Some(client_upgrade), Some(backend)) = (client_upgrade, forwarded.upgraded) {
             cx.activity.upgraded();
             let idle = cx.timeouts.tunnel_idle;
             let hard_stop = cx.conn.hard_stop.clone();
             // Tracked like a connection: a drain waits for it, the grace period cuts it.
             cx.conn.tracker.spawn(async move {
-                let (Ok(client_io), Ok(backend_io)) = (client_upgrade.await, backend_upgrade.await)
-                else {
-                    tracing::info!("upgrade failed on one side; closing");
+                let Ok(client_io) = client_upgrade.await else {
+                    tracing::info!("upgrade failed on the client side; closing");
                     return;
                 };
                 let mut client_io = TokioIo::new(client_io);
-                let mut backend_io = TokioIo::new(backend_io);
+                let crate::http::client::Upgraded { conn, guard } = backend;
+                let mut backend_io =
+                    crate::tls::peek::ReplayStream::new(conn.buf.to_vec(), conn.stream);
                 tokio::select! {
                     outcome = crate::l4::splice::splice(&mut client_io, &mut backend_io, idle) => {
                         tracing::debug!(
@@ -399,6 +410,7 @@ async fn to_pool(
                     }
                     _ = hard_stop.cancelled() => {}
                 }
+                drop(guard);
             });
             return response;
         }
@@ -516,6 +528,7 @@ fn track(
     let body = TrackedBody {
         inner: body,
         log,
+        failed: None,
         _in_flight: in_flight,
     };
     Response::from_parts(parts, body.boxed_unsync())
@@ -524,6 +537,8 @@ fn track(
 struct TrackedBody {
     inner: ProxyBody,
     log: Option<PendingLog>,
+    /// An error of `inner`, passed on one poll later (see `poll_frame`).
+    failed: Option<BoxError>,
     _in_flight: InFlight,
 }
 
@@ -535,11 +550,28 @@ impl Body for TrackedBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(err) = self.failed.take() {
+            return std::task::Poll::Ready(Some(Err(err)));
+        }
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
-            if let (Some(log), Some(data)) = (self.log.as_mut(), frame.data_ref()) {
-                log.bytes_out += data.len() as u64;
+        match polled {
+            std::task::Poll::Ready(Some(Ok(ref frame))) => {
+                if let (Some(log), Some(data)) = (self.log.as_mut(), frame.data_ref()) {
+                    log.bytes_out += data.len() as u64;
+                }
             }
+            std::task::Poll::Ready(Some(Err(err))) => {
+                // A body that fails (a backend cut mid-body) ends the connection, and
+                // hyper drops what it has not written yet. Pending first lets hyper
+                // flush the head and the bytes that did arrive, as HAProxy and nginx
+                // pass on a truncated response before cutting the connection. This is
+                // the outermost body: a wrapper (the compressor turns every pending
+                // read into output) cannot swallow the pause.
+                self.failed = Some(err);
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
+            _ => {}
         }
         polled
     }

@@ -1,0 +1,341 @@
+//! One HTTP/1.1 exchange with a backend, on a connection tollgate owns: write the request
+//! head and body, read the response head (skipping 1xx interim responses), and hand back
+//! the head and how its body is framed; `body.rs` then streams the body from the same
+//! socket. This replaces a second hyper state machine (and its task and channels) per
+//! backend connection: the response is read in the task of the client connection.
+//!
+//! A response that arrives while the request body is still being sent is taken as it
+//! comes (an early 413, or an echo answering as it reads): the rest of the body keeps
+//! going out while the response body is read, and the connection is not reused.
+
+pub mod body;
+pub mod chunked;
+pub mod head;
+pub mod request;
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::Body;
+use hyper::{Method, Request};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+use crate::http::client::{BoxError, ProxyBody};
+use head::{HeadError, ResponseHead};
+use request::RequestFraming;
+
+/// Initial room of a connection's read buffer.
+const HEAD_BUFFER: usize = 8 * 1024;
+
+/// A backend connection: the socket and the bytes read from it but not used yet.
+#[derive(Debug)]
+pub struct BackendConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Read but not consumed.
+    pub buf: BytesMut,
+}
+
+impl BackendConn {
+    /// A connection with an empty buffer.
+    pub fn new(stream: TcpStream) -> Self {
+        BackendConn {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection still looks usable: nothing arrived on it since its
+    /// last response (no close, no stray bytes). Costs no system call unless the
+    /// reactor saw it become readable.
+    pub fn looks_idle(&self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            std::task::Poll::Pending => true,
+            std::task::Poll::Ready(Err(_)) => false,
+            std::task::Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+/// Why an exchange failed before a response head was complete.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The backend closed or reset the connection before any byte of a response.
+    #[error("backend closed the connection before answering")]
+    NoResponse(#[source] Option<io::Error>),
+    /// The backend closed or failed in the middle of its response head.
+    #[error("backend closed the connection in the middle of its response head")]
+    Truncated(#[source] Option<io::Error>),
+    /// The response head was refused.
+    #[error(transparent)]
+    Head(#[from] HeadError),
+    /// The client's request body failed (malformed chunked coding, cut connection).
+    #[error("request body: {0}")]
+    RequestBody(BoxError),
+}
+
+impl ExchangeError {
+    /// Whether nothing of a response arrived, so an idempotent request may be sent again.
+    pub fn before_response(&self) -> bool {
+        matches!(self, ExchangeError::NoResponse(_))
+    }
+}
+
+/// The response head, and what is left of the request when the answer came early.
+pub struct Answer {
+    /// The final (non-1xx, or 101) response head.
+    pub head: ResponseHead,
+    /// The rest of the request, still to be sent while the response body is read (a
+    /// backend that answers as it reads, like an echo). The connection is then not
+    /// reused.
+    pub unsent: Option<RequestSender>,
+}
+
+/// A request ready to go out: its head encoded once (a retry sends the same bytes).
+pub struct Outgoing {
+    head: Bytes,
+    method: Method,
+    body: Option<(ProxyBody, RequestFraming)>,
+}
+
+impl Outgoing {
+    /// Encodes the head of `request`.
+    pub fn new(request: Request<ProxyBody>) -> Self {
+        let (parts, body) = request.into_parts();
+        let framing = request::framing(&parts, &body);
+        let mut out = BytesMut::with_capacity(512);
+        request::encode_head(&parts, framing, &mut out);
+        Outgoing {
+            head: out.freeze(),
+            method: parts.method,
+            body: (framing != RequestFraming::None).then_some((body, framing)),
+        }
+    }
+
+    /// A copy to send again after a failure before any response byte: only for an
+    /// idempotent request without a body.
+    pub fn retry_copy(&self) -> Option<Outgoing> {
+        let idempotent = matches!(
+            self.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        );
+        (idempotent && self.body.is_none()).then(|| Outgoing {
+            head: self.head.clone(),
+            method: self.method.clone(),
+            body: None,
+        })
+    }
+}
+
+/// Sends `request` on `conn` and reads the response head.
+pub async fn exchange(conn: &mut BackendConn, request: Outgoing) -> Result<Answer, ExchangeError> {
+    let Outgoing { head, method, body } = request;
+    if conn.buf.capacity() < HEAD_BUFFER {
+        conn.buf.reserve(HEAD_BUFFER);
+    }
+    let mut sender = Some(RequestSender::new(head, body));
+    let mut answered = false;
+    std::future::poll_fn(|cx| {
+        if let Some(sending) = sender.as_mut() {
+            match sending.poll_send(&mut conn.stream, cx) {
+                Poll::Ready(Ok(())) => sender = None,
+                Poll::Ready(Err(SendError::Body(err))) => {
+                    return Poll::Ready(Err(ExchangeError::RequestBody(err)))
+                }
+                // The backend stopped reading: its answer (or its close) tells why.
+                Poll::Ready(Err(SendError::Io(err))) => {
+                    tracing::trace!(error = %err, "writing the request failed");
+                    sender = None;
+                }
+                Poll::Pending => {}
+            }
+        }
+        poll_head(&mut conn.stream, &mut conn.buf, &method, &mut answered, cx)
+    })
+    .await
+    .map(|head| Answer {
+        head,
+        unsent: sender.filter(|s| !s.failed),
+    })
+}
+
+/// Sends a request head and its body as the client's frames arrive. Frames already
+/// there join the head in one write; nothing waits for the whole body.
+pub struct RequestSender {
+    out: BytesMut,
+    body: Option<ProxyBody>,
+    chunked: bool,
+    left: u64,
+    failed: bool,
+}
+
+/// Bytes gathered from ready frames before they are written.
+const GATHER: usize = 64 * 1024;
+
+enum SendError {
+    Io(io::Error),
+    Body(BoxError),
+}
+
+impl RequestSender {
+    fn new(head: Bytes, body: Option<(ProxyBody, RequestFraming)>) -> Self {
+        let (body, framing) = match body {
+            Some((body, framing)) => (Some(body), framing),
+            None => (None, RequestFraming::None),
+        };
+        RequestSender {
+            out: BytesMut::from(head),
+            body,
+            chunked: framing == RequestFraming::Chunked,
+            left: match framing {
+                RequestFraming::Length(n) => n,
+                _ => 0,
+            },
+            failed: false,
+        }
+    }
+
+    /// Moves the request along; `Ready(Ok)` once all of it is written.
+    fn poll_send(
+        &mut self,
+        stream: &mut TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendError>> {
+        let polled = self.poll_send_inner(stream, cx);
+        if matches!(polled, Poll::Ready(Err(_))) {
+            self.failed = true;
+        }
+        polled
+    }
+
+    fn poll_send_inner(
+        &mut self,
+        stream: &mut TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendError>> {
+        loop {
+            while self.out.len() < GATHER {
+                let Some(body) = self.body.as_mut() else {
+                    break;
+                };
+                let frame = if body.is_end_stream() {
+                    Poll::Ready(None)
+                } else {
+                    Pin::new(body).poll_frame(cx)
+                };
+                match frame {
+                    Poll::Pending => break,
+                    Poll::Ready(Some(Err(err))) => return Poll::Ready(Err(SendError::Body(err))),
+                    Poll::Ready(None) => {
+                        self.body = None;
+                        if self.chunked {
+                            self.out.extend_from_slice(b"0\r\n\r\n");
+                        } else if self.left != 0 {
+                            return Poll::Ready(Err(SendError::Body(
+                                "request body shorter than its Content-Length".into(),
+                            )));
+                        }
+                    }
+                    Poll::Ready(Some(Ok(frame))) => {
+                        // Trailers of a chunked request are not forwarded.
+                        let Ok(data) = frame.into_data() else {
+                            continue;
+                        };
+                        if data.is_empty() {
+                            continue;
+                        }
+                        if self.chunked {
+                            use std::fmt::Write;
+                            let _ = write!(self.out, "{:x}\r\n", data.len());
+                            self.out.extend_from_slice(&data);
+                            self.out.extend_from_slice(b"\r\n");
+                        } else {
+                            let len = data.len() as u64;
+                            if len > self.left {
+                                return Poll::Ready(Err(SendError::Body(
+                                    "request body longer than its Content-Length".into(),
+                                )));
+                            }
+                            self.left -= len;
+                            self.out.extend_from_slice(&data);
+                        }
+                    }
+                }
+            }
+            if self.out.is_empty() {
+                return if self.body.is_none() {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            }
+            match Pin::new(&mut *stream).poll_write(cx, &self.out) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(SendError::Io(io::ErrorKind::WriteZero.into())))
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.out.advance(n);
+                    if self.out.is_empty() {
+                        self.out.clear();
+                    }
+                }
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(SendError::Io(err))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Reads until a final response head is complete; 1xx interim responses are dropped.
+fn poll_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    method: &Method,
+    answered: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<ResponseHead, ExchangeError>> {
+    loop {
+        if !buf.is_empty() {
+            if let Some(head) = head::parse(buf, method)? {
+                if head.parts.status.is_informational()
+                    && head.parts.status != hyper::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    continue;
+                }
+                return Poll::Ready(Ok(head));
+            }
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(HEAD_BUFFER);
+        }
+        let read = match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(read) => read,
+        };
+        let failure = match read {
+            Ok(0) => None,
+            Ok(_) => {
+                *answered = true;
+                continue;
+            }
+            Err(err) => Some(err),
+        };
+        return Poll::Ready(Err(if *answered {
+            ExchangeError::Truncated(failure)
+        } else {
+            ExchangeError::NoResponse(failure)
+        }));
+    }
+}

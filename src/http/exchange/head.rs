@@ -1,0 +1,331 @@
+//! Sans-io parser of a backend's response head (status line and fields) into
+//! `http::response::Parts`, with how its body is framed (RFC 9112 §6.3) and whether the
+//! connection may carry another request. Field values share one buffer with the head
+//! instead of being copied one by one.
+
+use bytes::{Bytes, BytesMut};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::{HeaderMap, Method, StatusCode, Version};
+
+/// Largest response head accepted from a backend.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most response header fields accepted from a backend (hyper's default).
+pub const MAX_FIELDS: usize = 100;
+
+/// How the body after a head is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body (HEAD, 1xx, 204, 304).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Everything until the backend closes.
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    /// Status, version and fields.
+    pub parts: hyper::http::response::Parts,
+    /// How the body is delimited.
+    pub framing: BodyFraming,
+    /// Whether the connection may carry another request after this response.
+    pub keep_alive: bool,
+}
+
+/// Why a response head was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    /// Not HTTP/1.x, or a status line or field that does not parse.
+    #[error("malformed response head: {0}")]
+    Malformed(httparse::Error),
+    /// A head over `MAX_HEAD_BYTES` or with more than `MAX_FIELDS` fields.
+    #[error("response head over {MAX_HEAD_BYTES} bytes or {MAX_FIELDS} fields")]
+    TooLarge,
+    /// A field name or value the header map refuses.
+    #[error("invalid response header field")]
+    BadField,
+    /// Content-Length values that are not one number.
+    #[error("invalid Content-Length")]
+    BadContentLength,
+}
+
+/// Parses the head at the front of `buf`. `Ok(None)`: incomplete, read more. On success
+/// the head's bytes are taken off `buf`; what follows (body bytes) stays.
+pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>, HeadError> {
+    // Left uninitialised: httparse writes only the fields it finds.
+    let mut fields =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut fields,
+    );
+    let used = match parsed {
+        Ok(httparse::Status::Complete(used)) => used,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+            return Err(HeadError::TooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(err) => return Err(HeadError::Malformed(err)),
+    };
+    if used > MAX_HEAD_BYTES {
+        return Err(HeadError::TooLarge);
+    }
+    let code = response.code.unwrap_or(0);
+    let version = if response.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Where each field sits in the head, to slice values out of one frozen buffer.
+    let base = buf.as_ptr() as usize;
+    let mut spans: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(response.headers.len());
+    for field in response.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
+            return Err(HeadError::BadField);
+        };
+        let start = field.value.as_ptr() as usize - base;
+        spans.push((name, start, start + field.value.len()));
+    }
+    let head: Bytes = buf.split_to(used).freeze();
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (name, start, end) in spans {
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(start..end)) else {
+            return Err(HeadError::BadField);
+        };
+        headers.append(name, value);
+    }
+    let Ok(status) = StatusCode::from_u16(code) else {
+        return Err(HeadError::Malformed(httparse::Error::Status));
+    };
+    let framing = framing(method, status, &headers)?;
+    let close = has_token(&headers, "close");
+    let keep_alive = match framing {
+        BodyFraming::UntilClose => false,
+        _ if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) => {
+            false
+        }
+        _ if version == Version::HTTP_10 => has_token(&headers, "keep-alive") && !close,
+        _ => !close,
+    } && status != StatusCode::SWITCHING_PROTOCOLS;
+    let mut parts = hyper::Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(ResponseHead {
+        parts,
+        framing,
+        keep_alive,
+    }))
+}
+
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<BodyFraming, HeadError> {
+    if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(BodyFraming::Empty);
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        // Chunked only when it is the final coding; anything else runs to the close.
+        let last = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|c| !c.is_empty());
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case("chunked") => BodyFraming::Chunked,
+            _ => BodyFraming::UntilClose,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let Ok(text) = value.to_str() else {
+            return Err(HeadError::BadContentLength);
+        };
+        for item in text.split(',') {
+            let item = item.trim();
+            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HeadError::BadContentLength);
+            }
+            let Ok(n) = item.parse::<u64>() else {
+                return Err(HeadError::BadContentLength);
+            };
+            if length.is_some_and(|seen| seen != n) {
+                return Err(HeadError::BadContentLength);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => BodyFraming::Empty,
+        Some(n) => BodyFraming::Length(n),
+        None => BodyFraming::UntilClose,
+    })
+}
+
+fn has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NGINX: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Mon, 23 Nov 2026 12:13:16 GMT\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-Backend: a\r\n\r\nhello";
+
+    fn parse_all(
+        input: &[u8],
+        method: &Method,
+    ) -> Result<Option<(ResponseHead, Vec<u8>)>, HeadError> {
+        let mut buf = BytesMut::from(input);
+        Ok(parse(&mut buf, method)?.map(|h| (h, buf.to_vec())))
+    }
+
+    #[test]
+    fn every_prefix_of_a_real_head() {
+        let head_len = NGINX.len() - 5;
+        for cut in 0..head_len {
+            assert!(
+                parse_all(&NGINX[..cut], &Method::GET).unwrap().is_none(),
+                "prefix {cut}"
+            );
+        }
+        let (head, rest) = parse_all(NGINX, &Method::GET).unwrap().unwrap();
+        assert_eq!(rest, b"hello");
+        assert_eq!(head.parts.status, 200);
+        assert_eq!(head.framing, BodyFraming::Length(5));
+        assert!(head.keep_alive);
+        assert_eq!(head.parts.headers.get("x-backend").unwrap(), "a");
+        assert_eq!(head.parts.headers.len(), 6);
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let cases: &[(&[u8], Method, BodyFraming, bool)] = &[
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                Method::HEAD,
+                BodyFraming::Empty,
+                true,
+            ),
+            (
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+                Method::GET,
+                BodyFraming::Empty,
+                true,
+            ),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                Method::GET,
+                BodyFraming::Empty,
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                Method::GET,
+                BodyFraming::Chunked,
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                Method::GET,
+                BodyFraming::UntilClose,
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                Method::GET,
+                BodyFraming::Chunked,
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\n\r\n",
+                Method::GET,
+                BodyFraming::UntilClose,
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\nConnection: close\r\n\r\n",
+                Method::GET,
+                BodyFraming::Length(7),
+                false,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
+                Method::GET,
+                BodyFraming::Length(1),
+                false,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: Keep-Alive\r\n\r\n",
+                Method::GET,
+                BodyFraming::Length(1),
+                true,
+            ),
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+                Method::GET,
+                BodyFraming::Empty,
+                false,
+            ),
+        ];
+        for (input, method, framing, keep) in cases {
+            let (head, _) = parse_all(input, method).unwrap().unwrap();
+            let text = String::from_utf8_lossy(input);
+            assert_eq!(head.framing, *framing, "{text}");
+            assert_eq!(head.keep_alive, *keep, "{text}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_heads() {
+        for input in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        ] {
+            assert!(matches!(
+                parse_all(input, &Method::GET),
+                Err(HeadError::BadContentLength)
+            ));
+        }
+        assert!(matches!(
+            parse_all(b"SSH-2.0-OpenSSH\r\n\r\n", &Method::GET),
+            Err(HeadError::Malformed(_))
+        ));
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_FIELDS {
+            many.extend(format!("x-{i}: v\r\n").as_bytes());
+        }
+        many.extend(b"\r\n");
+        assert!(matches!(
+            parse_all(&many, &Method::GET),
+            Err(HeadError::TooLarge)
+        ));
+        let mut huge = b"HTTP/1.1 200 OK\r\nx: ".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', MAX_HEAD_BYTES));
+        assert!(matches!(
+            parse_all(&huge, &Method::GET),
+            Err(HeadError::TooLarge)
+        ));
+    }
+}
