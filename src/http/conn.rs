@@ -38,8 +38,6 @@ pub struct ConnActivity {
     /// Milliseconds since `start` (+1) when the first byte of a not-yet-parsed request
     /// arrived; 0 when no request is being read.
     header_since_ms: AtomicU64,
-    /// Wakes the watchdog when its deadline may have moved.
-    changed: tokio::sync::Notify,
     /// Shutdown began: the next response says `Connection: close`.
     draining: std::sync::atomic::AtomicBool,
     /// Follows the raw request stream for framing hyper hides (CL + TE).
@@ -65,7 +63,6 @@ impl ConnActivity {
             awaiting_head: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             header_since_ms: AtomicU64::new(0),
-            changed: tokio::sync::Notify::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
             framing: std::sync::Mutex::new(FramingScanner::default()),
             answered: AtomicU64::new(0),
@@ -89,8 +86,9 @@ impl ConnActivity {
         if self.in_flight.load(Ordering::Relaxed) == 0
             && self.header_since_ms.load(Ordering::Relaxed) == 0
         {
+            // No wake-up for the watchdog: its timer is never set later than
+            // `request_header` from when it was set (`next_deadline`).
             self.header_since_ms.store(now + 1, Ordering::Relaxed);
-            self.changed.notify_one();
         }
     }
 
@@ -155,7 +153,6 @@ impl ConnActivity {
     pub fn request_finished(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.last_ms.store(self.now_ms(), Ordering::Relaxed);
-        self.changed.notify_one();
     }
 }
 
@@ -341,9 +338,24 @@ where
 
     let mut end = ConnEnd::Closed;
     let mut limits = limits;
+    // The futures live across iterations: the loop turns only when the watchdog's timer
+    // fires (or on shutdown), never once per request. The timer may fire early (see
+    // `next_deadline`); it is set again only when the deadline moves earlier or it fired.
+    let mut armed = next_deadline(&activity, &limits);
+    let sleep = tokio::time::sleep_until(armed);
+    tokio::pin!(sleep);
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let shed = activity.shed_signal();
+    tokio::pin!(shed);
     loop {
         let deadline = next_deadline(&activity, &limits);
+        if deadline < armed || sleep.is_elapsed() {
+            armed = deadline;
+            sleep.as_mut().reset(deadline);
+        }
         tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 if let Err(err) = result {
                     if err.is_parse_too_large() {
@@ -359,19 +371,18 @@ where
                 }
                 return end;
             }
-            _ = shutdown.cancelled(), if !activity.is_draining() => {
+            _ = &mut cancelled, if !activity.is_draining() => {
                 activity.draining.store(true, Ordering::Relaxed);
                 end = ConnEnd::Shutdown;
                 // In-flight requests finish and say `Connection: close`; an idle
                 // keep-alive connection gets a short last chance to send its next one.
                 limits.client_idle = limits.client_idle.min(DRAIN_IDLE);
             }
-            _ = activity.changed.notified() => {}
-            _ = activity.shed_signal() => {
+            _ = &mut shed => {
                 tracing::debug!("listener at max_connections: closing the oldest connection whose first request is incomplete");
                 return ConnEnd::Shed;
             }
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = &mut sleep => {
                 let now = activity.now_ms();
                 let last = activity.last_ms.load(Ordering::Relaxed);
                 if activity.in_flight.load(Ordering::Relaxed) > 0 {
@@ -397,11 +408,16 @@ where
     }
 }
 
+/// When the watchdog looks next: the deadline of the connection's current stage, but no
+/// later than the shortest timeout from now. Stage changes (a request head starting, a
+/// response ending) then never need to wake the watchdog: any new deadline is at least
+/// that far away. Firing early costs one look every few seconds per connection.
 fn next_deadline(activity: &ConnActivity, limits: &ConnLimits) -> Instant {
+    let now = activity.now_ms();
     let header_since = activity.header_since_ms.load(Ordering::Relaxed);
-    let ms = if activity.awaiting_head.load(Ordering::Relaxed) > 0 {
+    let stage = if activity.awaiting_head.load(Ordering::Relaxed) > 0 {
         // Waiting for a backend: its own timeouts bound that; look again later.
-        activity.now_ms() + limits.stalled.as_millis() as u64
+        now + limits.stalled.as_millis() as u64
     } else if activity.in_flight.load(Ordering::Relaxed) > 0 {
         // Busy: no byte moving for `stalled` ends it.
         activity.last_ms.load(Ordering::Relaxed) + limits.stalled.as_millis() as u64
@@ -410,5 +426,10 @@ fn next_deadline(activity: &ConnActivity, limits: &ConnLimits) -> Instant {
     } else {
         activity.last_ms.load(Ordering::Relaxed) + limits.client_idle.as_millis() as u64
     };
-    activity.start + Duration::from_millis(ms)
+    let shortest = limits
+        .client_idle
+        .min(limits.request_header)
+        .min(limits.stalled)
+        .as_millis() as u64;
+    activity.start + Duration::from_millis(stage.min(now + shortest))
 }
