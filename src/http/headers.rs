@@ -118,6 +118,8 @@ pub struct ClientIdentity {
 
 #[derive(Debug)]
 struct LastForwarded {
+    /// A copy, never a clone: a clone would share (and keep alive) the buffer hyper read
+    /// the request into, and hyper would then allocate a new one for every request.
     host: Option<HeaderValue>,
     proto: &'static str,
     value: HeaderValue,
@@ -176,7 +178,7 @@ pub fn add_forwarding(
             }
             if let Some(value) = forwarded_value(headers, client, proto, host) {
                 *last = Some(LastForwarded {
-                    host: host.cloned(),
+                    host: host.and_then(|h| HeaderValue::from_bytes(h.as_bytes()).ok()),
                     proto,
                     value: value.clone(),
                 });
