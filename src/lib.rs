@@ -17,6 +17,8 @@
 //! - [`server`]: the state snapshot behind an `ArcSwap`, start and graceful shutdown.
 //! - [`config`]: the YAML model and its validation; [`metrics`] and [`admin`]: what
 //!   operators see. [`origin`] and [`demo`]: the built-in backend and the demo edge.
+//! - [`woken`]: a wrapper that keeps rarely-firing signals (shutdown, shedding) from
+//!   being polled at every wake of a connection task.
 
 pub mod access_log;
 pub mod admin;
@@ -35,3 +37,4 @@ pub mod route;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod woken;

@@ -271,7 +271,7 @@ pub async fn accept_loop(
                 let _per_ip = per_ip_guard;
                 tokio::select! {
                     _ = handle(stream, peer, index, snapshot, task_ctx, opening_guard) => {}
-                    _ = hard_stop.cancelled() => {
+                    _ = crate::woken::PollWhenWoken::new(hard_stop.cancelled()) => {
                         tracing::info!("connection cut at the end of the shutdown grace period");
                     }
                 }

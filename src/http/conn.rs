@@ -344,10 +344,8 @@ where
     let mut armed = next_deadline(&activity, &limits);
     let sleep = tokio::time::sleep_until(armed);
     tokio::pin!(sleep);
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
-    let shed = activity.shed_signal();
-    tokio::pin!(shed);
+    let mut cancelled = crate::woken::PollWhenWoken::new(shutdown.cancelled());
+    let mut shed = crate::woken::PollWhenWoken::new(activity.shed_signal());
     loop {
         let deadline = next_deadline(&activity, &limits);
         if deadline < armed || sleep.is_elapsed() {
