@@ -302,6 +302,9 @@ async fn to_pool(
     }
     parts.version = Version::HTTP_11;
     let body = match &body_limit {
+        // Most requests have no body: an empty body of the proxy's type costs no
+        // allocation, a boxed `Incoming` does.
+        None if body.is_end_stream() => crate::http::client::empty_body(),
         None => body.map_err(BoxError::from).boxed_unsync(),
         Some((max, tripped)) => LimitedBody {
             inner: body,

@@ -83,20 +83,37 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>
     } else {
         Version::HTTP_11
     };
-    // Where each field sits in the head, to slice values out of one frozen buffer.
+    // Where each field's name and value sit in the head, to slice them out of one frozen
+    // buffer (on the stack: no allocation per response).
     let base = buf.as_ptr() as usize;
-    let mut spans: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(response.headers.len());
-    for field in response.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
-            return Err(HeadError::BadField);
-        };
-        let start = field.value.as_ptr() as usize - base;
-        spans.push((name, start, start + field.value.len()));
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
+    let count = response.headers.len();
+    for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
+        let name_start = field.name.as_ptr() as usize - base;
+        let value_start = field.value.as_ptr() as usize - base;
+        // The head is at most MAX_HEAD_BYTES (64 KiB), so offsets fit.
+        *span = (
+            name_start as u32,
+            field.name.len() as u32,
+            value_start as u32,
+            field.value.len() as u32,
+        );
     }
     let head: Bytes = buf.split_to(used).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for (name, start, end) in spans {
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(start..end)) else {
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(name_start, name_len, value_start, value_len) in &spans[..count] {
+        let name_range = name_start as usize..name_start as usize + name_len as usize;
+        let Some(name_bytes) = head.get(name_range) else {
+            return Err(HeadError::BadField);
+        };
+        let Ok(name) = HeaderName::from_bytes(name_bytes) else {
+            return Err(HeadError::BadField);
+        };
+        let value_range = value_start as usize..value_start as usize + value_len as usize;
+        if value_range.end > head.len() {
+            return Err(HeadError::BadField);
+        }
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(value_range)) else {
             return Err(HeadError::BadField);
         };
         headers.append(name, value);
