@@ -174,6 +174,9 @@ pub async fn exchange(conn: &mut BackendConn, request: Outgoing) -> Result<Answe
 /// Sends a request head and its body as the client's frames arrive. Frames already
 /// there join the head in one write; nothing waits for the whole body.
 pub struct RequestSender {
+    /// What is left to write of the encoded head (shared with a retry copy, never copied).
+    head: Bytes,
+    /// Body bytes gathered from ready frames, framed for the wire.
     out: BytesMut,
     body: Option<ProxyBody>,
     chunked: bool,
@@ -196,7 +199,8 @@ impl RequestSender {
             None => (None, RequestFraming::None),
         };
         RequestSender {
-            out: BytesMut::from(head),
+            head,
+            out: BytesMut::new(),
             body,
             chunked: framing == RequestFraming::Chunked,
             left: match framing {
@@ -226,7 +230,7 @@ impl RequestSender {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), SendError>> {
         loop {
-            while self.out.len() < GATHER {
+            while self.head.len() + self.out.len() < GATHER {
                 let Some(body) = self.body.as_mut() else {
                     break;
                 };
@@ -274,22 +278,30 @@ impl RequestSender {
                     }
                 }
             }
-            if self.out.is_empty() {
+            if self.head.is_empty() && self.out.is_empty() {
                 return if self.body.is_none() {
                     Poll::Ready(Ok(()))
                 } else {
                     Poll::Pending
                 };
             }
-            match Pin::new(&mut *stream).poll_write(cx, &self.out) {
+            // The head and the gathered body go out in one write.
+            let written = match (self.head.is_empty(), self.out.is_empty()) {
+                (false, false) => Pin::new(&mut *stream).poll_write_vectored(
+                    cx,
+                    &[io::IoSlice::new(&self.head), io::IoSlice::new(&self.out)],
+                ),
+                (false, true) => Pin::new(&mut *stream).poll_write(cx, &self.head),
+                _ => Pin::new(&mut *stream).poll_write(cx, &self.out),
+            };
+            match written {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(SendError::Io(io::ErrorKind::WriteZero.into())))
                 }
                 Poll::Ready(Ok(n)) => {
-                    self.out.advance(n);
-                    if self.out.is_empty() {
-                        self.out.clear();
-                    }
+                    let from_head = n.min(self.head.len());
+                    self.head.advance(from_head);
+                    self.out.advance(n - from_head);
                 }
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(SendError::Io(err))),
                 Poll::Pending => return Poll::Pending,
