@@ -87,16 +87,25 @@ where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
-    let mut buf = vec![0u8; CHUNK];
+    // Not zeroed: `read_buf` fills the spare capacity and only what was read is used.
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+    // One timer per direction, armed at the idle deadline known when it was set. Bytes
+    // moving push the real deadline later without touching the timer (no timer-wheel
+    // work per chunk); when it fires before the real deadline it is re-armed there.
+    let idle_timer = tokio::time::sleep_until(activity.idle_deadline(idle));
+    tokio::pin!(idle_timer);
     loop {
+        buf.clear();
         let n = loop {
-            let deadline = activity.idle_deadline(idle);
             tokio::select! {
-                read = from.read(&mut buf) => break read,
-                _ = tokio::time::sleep_until(deadline) => {
-                    if Instant::now() >= activity.idle_deadline(idle) {
+                biased;
+                read = from.read_buf(&mut buf) => break read,
+                _ = &mut idle_timer => {
+                    let deadline = activity.idle_deadline(idle);
+                    if Instant::now() >= deadline {
                         return DirEnd::Idle;
                     }
+                    idle_timer.as_mut().reset(deadline);
                 }
             }
         };
@@ -114,8 +123,8 @@ where
         // and a stalled tunnel moves no byte either way.
         let mut written = 0;
         while written < n {
-            let deadline = activity.idle_deadline(idle);
             tokio::select! {
+                biased;
                 wrote = to.write(&buf[written..n]) => match wrote {
                     Ok(0) => return DirEnd::WriteError(io::ErrorKind::WriteZero.into()),
                     Ok(k) => {
@@ -125,10 +134,12 @@ where
                     }
                     Err(e) => return DirEnd::WriteError(e),
                 },
-                _ = tokio::time::sleep_until(deadline) => {
-                    if Instant::now() >= activity.idle_deadline(idle) {
+                _ = &mut idle_timer => {
+                    let deadline = activity.idle_deadline(idle);
+                    if Instant::now() >= deadline {
                         return DirEnd::Idle;
                     }
+                    idle_timer.as_mut().reset(deadline);
                 }
             }
         }

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BufMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::client_hello::{parse_client_hello, HelloParse, MAX_CLIENT_HELLO_BYTES};
@@ -67,17 +68,14 @@ where
         let mut needed = 5usize;
         loop {
             // Read in chunks, never past the 64 KiB bound (checked below).
+            // Into the spare capacity, not zeroed first: only the bytes read are kept.
             let start = buffered.len();
             let chunk = 4096.min(MAX_CLIENT_HELLO_BYTES - start);
-            buffered.resize(start + chunk, 0);
-            let n = match stream.read(&mut buffered[start..]).await {
+            buffered.reserve(chunk);
+            let n = match stream.read_buf(&mut (&mut buffered).limit(chunk)).await {
                 Ok(n) => n,
-                Err(e) => {
-                    buffered.truncate(start);
-                    return Err(PeekError::Io(e));
-                }
+                Err(e) => return Err(PeekError::Io(e)),
             };
-            buffered.truncate(start + n);
             if n == 0 {
                 return Err(PeekError::Failure(match parse_client_hello(&buffered) {
                     HelloParse::NotTls => PeekFailure::NotTls,
