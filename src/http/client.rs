@@ -19,6 +19,7 @@ use http_body_util::BodyExt;
 use hyper::{Request, Response, StatusCode};
 use tokio::time::Instant;
 
+use super::exchange::batch::SendBatcher;
 use super::exchange::body::BackendBody;
 use super::exchange::{self, BackendConn, ExchangeError};
 use super::headers::keep_alive_timeout;
@@ -78,6 +79,8 @@ pub struct PoolClient {
     idle_timeout: Duration,
     /// Per backend index: idle connections, most recent last.
     idle: Vec<Mutex<Vec<IdleConn>>>,
+    /// Queues body-less requests on reused connections, written once per batch.
+    batcher: Arc<SendBatcher>,
 }
 
 impl std::fmt::Debug for PoolClient {
@@ -123,6 +126,7 @@ impl PoolClient {
             idle_timeout: pool.spec.idle_timeout,
             pool,
             idle,
+            batcher: SendBatcher::new(),
         })
     }
 
@@ -172,7 +176,7 @@ impl PoolClient {
         };
         let tried = guard.index();
         match self
-            .exchange(conn, guard, request, response_timeout, upgrade)
+            .exchange(conn, guard, request, response_timeout, upgrade, reused)
             .await
         {
             Err(ForwardError::Backend(err)) if err.before_response() => {
@@ -190,7 +194,7 @@ impl PoolClient {
                 };
                 tracing::debug!(pool = %self.pool.name, error = %err, reused, "backend failed before answering; retrying once");
                 let (conn, guard) = self.open(order, connect_timeout).await?;
-                self.exchange(conn, guard, again, response_timeout, upgrade)
+                self.exchange(conn, guard, again, response_timeout, upgrade, false)
                     .await
             }
             other => other,
@@ -234,18 +238,21 @@ impl PoolClient {
         request: exchange::Outgoing,
         response_timeout: Duration,
         upgrade: bool,
+        reused: bool,
     ) -> Result<Forwarded, ForwardError> {
         let backend = guard.backend().name.clone();
         let index = guard.index();
         let reusable = self.mode == BackendConnections::Pooled && !upgrade;
-        let answer =
-            match tokio::time::timeout(response_timeout, exchange::exchange(&mut conn, request))
-                .await
-            {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(err)) => return Err(err.into()),
-                Err(_) => return Err(ForwardError::Timeout(response_timeout)),
-            };
+        // Only a request on a reused connection is batched: a new connection would need
+        // its descriptor duplicated for one request, and its connect already woke the
+        // backend.
+        let batch = reused.then_some(&self.batcher);
+        let exchange = exchange::exchange(&mut conn, request, batch);
+        let answer = match tokio::time::timeout(response_timeout, exchange).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(err)) => return Err(err.into()),
+            Err(_) => return Err(ForwardError::Timeout(response_timeout)),
+        };
         let head = answer.head;
         if upgrade && head.parts.status == StatusCode::SWITCHING_PROTOCOLS {
             // The connection becomes the backend side of a tunnel; the guard counts it
@@ -257,7 +264,7 @@ impl PoolClient {
                 upgraded: Some(Upgraded { conn, guard }),
             });
         }
-        let keep = reusable && head.keep_alive && answer.unsent.is_none();
+        let keep = reusable && head.keep_alive && answer.in_turn && answer.unsent.is_none();
         let expires = self.expiry(&head.parts.headers);
         let client = Arc::clone(self);
         // The guard counts the connection as busy until its response body ends.

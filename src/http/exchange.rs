@@ -8,6 +8,7 @@
 //! comes (an early 413, or an echo answering as it reads): the rest of the body keeps
 //! going out while the response body is read, and the connection is not reused.
 
+pub mod batch;
 pub mod body;
 pub mod chunked;
 pub mod head;
@@ -15,6 +16,7 @@ pub mod request;
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -24,6 +26,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::http::client::{BoxError, ProxyBody};
+use batch::{QueuedSend, SendBatcher};
 use head::{HeadError, ResponseHead};
 use request::RequestFraming;
 
@@ -37,6 +40,9 @@ pub struct BackendConn {
     pub stream: TcpStream,
     /// Read but not consumed.
     pub buf: BytesMut,
+    /// A duplicate of the socket's descriptor for batched sends (`batch.rs`), made at
+    /// the connection's first reuse.
+    writer: Option<Arc<std::net::TcpStream>>,
 }
 
 impl BackendConn {
@@ -45,7 +51,19 @@ impl BackendConn {
         BackendConn {
             stream,
             buf: BytesMut::new(),
+            writer: None,
         }
+    }
+
+    /// The descriptor batched sends write through (shares the socket's non-blocking
+    /// mode). `None` if it cannot be duplicated: the exchange then writes itself.
+    fn batch_writer(&mut self) -> Option<Arc<std::net::TcpStream>> {
+        if self.writer.is_none() {
+            use std::os::fd::AsFd;
+            let fd = self.stream.as_fd().try_clone_to_owned().ok()?;
+            self.writer = Some(Arc::new(std::net::TcpStream::from(fd)));
+        }
+        self.writer.clone()
     }
 
     /// Whether an idle connection still looks usable: nothing arrived on it since its
@@ -92,6 +110,9 @@ impl ExchangeError {
 pub struct Answer {
     /// The final (non-1xx, or 101) response head.
     pub head: ResponseHead,
+    /// False when the answer came before a batched request went out (a backend
+    /// speaking out of turn): the connection must not be reused.
+    pub in_turn: bool,
     /// The rest of the request, still to be sent while the response body is read (a
     /// backend that answers as it reads, like an echo). The connection is then not
     /// reused.
@@ -139,15 +160,47 @@ impl Outgoing {
     }
 }
 
-/// Sends `request` on `conn` and reads the response head.
-pub async fn exchange(conn: &mut BackendConn, request: Outgoing) -> Result<Answer, ExchangeError> {
+/// Sends `request` on `conn` and reads the response head. With `batch`, a request
+/// without a body is queued for the pool's flusher instead of written at once.
+pub async fn exchange(
+    conn: &mut BackendConn,
+    request: Outgoing,
+    batch: Option<&Arc<SendBatcher>>,
+) -> Result<Answer, ExchangeError> {
     let Outgoing { head, method, body } = request;
     if conn.buf.capacity() < HEAD_BUFFER {
         conn.buf.reserve(HEAD_BUFFER);
     }
-    let mut sender = Some(RequestSender::new(head, body));
+    let mut queued = QueuedGuard(match (batch, &body) {
+        (Some(batcher), None) => conn
+            .batch_writer()
+            .and_then(|writer| batcher.queue(writer, head.clone())),
+        _ => None,
+    });
+    let mut sender = match queued.0 {
+        Some(_) => None,
+        None => Some(RequestSender::new(head.clone(), body)),
+    };
     let mut answered = false;
-    std::future::poll_fn(|cx| {
+    let head_result = std::future::poll_fn(|cx| {
+        if let Some(send) = queued.0.as_ref() {
+            match send.poll_state(cx.waker()) {
+                // Still queued: the answer cannot come before it goes out.
+                None => {}
+                // The socket took part of it: the rest goes out from here.
+                Some(Ok(written)) => {
+                    if written < head.len() {
+                        sender = Some(RequestSender::new(head.slice(written..), None));
+                    }
+                    queued.0 = None;
+                }
+                // As below: the backend's answer (or its close) tells why.
+                Some(Err(kind)) => {
+                    tracing::trace!(error = ?kind, "writing the batched request failed");
+                    queued.0 = None;
+                }
+            }
+        }
         if let Some(sending) = sender.as_mut() {
             match sending.poll_send(&mut conn.stream, cx) {
                 Poll::Ready(Ok(())) => sender = None,
@@ -164,11 +217,24 @@ pub async fn exchange(conn: &mut BackendConn, request: Outgoing) -> Result<Answe
         }
         poll_head(&mut conn.stream, &mut conn.buf, &method, &mut answered, cx)
     })
-    .await
-    .map(|head| Answer {
+    .await;
+    let in_turn = queued.0.is_none();
+    head_result.map(|head| Answer {
         head,
+        in_turn,
         unsent: sender.filter(|s| !s.failed),
     })
+}
+
+/// Cancels a batched send still queued when its exchange ends or is dropped.
+struct QueuedGuard(Option<Arc<QueuedSend>>);
+
+impl Drop for QueuedGuard {
+    fn drop(&mut self) {
+        if let Some(send) = self.0.take() {
+            send.cancel();
+        }
+    }
 }
 
 /// Sends a request head and its body as the client's frames arrive. Frames already
