@@ -168,11 +168,14 @@ impl PoolClient {
         // An idempotent, body-less request that fails before any response byte (a reused
         // connection the backend had closed, or a backend that died with the request in
         // flight) is sent once more: keep what is needed to rebuild it.
-        let request = exchange::Outgoing::new(request);
+        let mut request = exchange::Outgoing::new(request);
         let retry = request.retry_copy();
         let (conn, guard) = match idle {
             Some(pair) => pair,
-            None => self.open(&candidates, connect_timeout).await?,
+            None => {
+                self.open(&candidates, connect_timeout, &mut request)
+                    .await?
+            }
         };
         let tried = guard.index();
         match self
@@ -180,7 +183,7 @@ impl PoolClient {
             .await
         {
             Err(ForwardError::Backend(err)) if err.before_response() => {
-                let Some(again) = retry else {
+                let Some(mut again) = retry else {
                     return Err(ForwardError::Backend(err));
                 };
                 // A reused connection failing says little about the backend: a new
@@ -193,7 +196,7 @@ impl PoolClient {
                     &others
                 };
                 tracing::debug!(pool = %self.pool.name, error = %err, reused, "backend failed before answering; retrying once");
-                let (conn, guard) = self.open(order, connect_timeout).await?;
+                let (conn, guard) = self.open(order, connect_timeout, &mut again).await?;
                 self.exchange(conn, guard, again, response_timeout, upgrade, false)
                     .await
             }
@@ -201,16 +204,20 @@ impl PoolClient {
         }
     }
 
-    /// Opens a new backend connection (next candidate on connect failure).
+    /// Opens a new backend connection (next candidate on connect failure). A request
+    /// without a body goes out with the connect when the handshake allows
+    /// (`upstream/connect.rs`); `request` then keeps only what is left to send.
     async fn open(
         &self,
         candidates: &[usize],
         connect_timeout: Duration,
+        request: &mut exchange::Outgoing,
     ) -> Result<(BackendConn, BackendGuard), ForwardError> {
-        let (stream, guard) = self
+        let (stream, guard, sent) = self
             .pool
-            .connect_in_order(candidates, connect_timeout)
+            .connect_in_order_sending(candidates, connect_timeout, request.sendable_at_connect())
             .await?;
+        request.sent(sent);
         Ok((BackendConn::new(stream), guard))
     }
 
@@ -264,7 +271,7 @@ impl PoolClient {
                 upgraded: Some(Upgraded { conn, guard }),
             });
         }
-        let keep = reusable && head.keep_alive && answer.in_turn && answer.unsent.is_none();
+        let keep = reusable && head.keep_alive && answer.unsent.is_none();
         let expires = self.expiry(&head.parts.headers);
         let client = Arc::clone(self);
         // The guard counts the connection as busy until its response body ends.

@@ -110,9 +110,6 @@ impl ExchangeError {
 pub struct Answer {
     /// The final (non-1xx, or 101) response head.
     pub head: ResponseHead,
-    /// False when the answer came before a batched request went out (a backend
-    /// speaking out of turn): the connection must not be reused.
-    pub in_turn: bool,
     /// The rest of the request, still to be sent while the response body is read (a
     /// backend that answers as it reads, like an echo). The connection is then not
     /// reused.
@@ -138,6 +135,21 @@ impl Outgoing {
             method: parts.method,
             body: (framing != RequestFraming::None).then_some((body, framing)),
         }
+    }
+
+    /// What may be written as soon as a new connection's connect has started: the
+    /// whole head of a request without a body (one with a body goes out with its first
+    /// frames in one write).
+    pub fn sendable_at_connect(&self) -> &[u8] {
+        match self.body {
+            None => &self.head,
+            Some(_) => &[],
+        }
+    }
+
+    /// Records that the first `n` bytes of the head were written already.
+    pub fn sent(&mut self, n: usize) {
+        self.head.advance(n.min(self.head.len()));
     }
 
     /// A copy to send again after a failure before any response byte: only for an
@@ -194,9 +206,11 @@ pub async fn exchange(
                     }
                     queued.0 = None;
                 }
-                // As below: the backend's answer (or its close) tells why.
+                // Written from here instead: on a dead socket this fails again, and the
+                // backend's close tells why (below).
                 Some(Err(kind)) => {
                     tracing::trace!(error = ?kind, "writing the batched request failed");
+                    sender = Some(RequestSender::new(head.clone(), None));
                     queued.0 = None;
                 }
             }
@@ -218,10 +232,24 @@ pub async fn exchange(
         poll_head(&mut conn.stream, &mut conn.buf, &method, &mut answered, cx)
     })
     .await;
-    let in_turn = queued.0.is_none();
-    head_result.map(|head| Answer {
-        head,
-        in_turn,
+    let answer = head_result?;
+    if let Some(send) = queued.0.take() {
+        if send.cancel() {
+            // Bytes from the backend before the request went out are no answer to it:
+            // nothing of it was sent, so it may be sent again elsewhere.
+            return Err(ExchangeError::NoResponse(None));
+        }
+        // The flusher wrote it meanwhile; what the socket did not take is still to send.
+        match send.poll_state(std::task::Waker::noop()) {
+            Some(Ok(written)) if written < head.len() => {
+                sender = Some(RequestSender::new(head.slice(written..), None));
+            }
+            Some(Err(_)) => sender = Some(RequestSender::new(head, None)),
+            _ => {}
+        }
+    }
+    Ok(Answer {
+        head: answer,
         unsent: sender.filter(|s| !s.failed),
     })
 }

@@ -3,6 +3,7 @@
 //! the first candidate that answers.
 
 pub mod balance;
+pub mod connect;
 pub mod health;
 pub mod hysteresis;
 pub mod pool;

@@ -389,6 +389,20 @@ impl Pool {
         candidates: &[usize],
         timeout: Duration,
     ) -> Result<(TcpStream, BackendGuard), ProxyError> {
+        let (stream, guard, _) = self
+            .connect_in_order_sending(candidates, timeout, &[])
+            .await?;
+        Ok((stream, guard))
+    }
+
+    /// [`Pool::connect_in_order`], offering `first` to each new connection as soon as
+    /// its connect has started (`connect.rs`); also returns how much of it went out.
+    pub async fn connect_in_order_sending(
+        self: &Arc<Self>,
+        candidates: &[usize],
+        timeout: Duration,
+        first: &[u8],
+    ) -> Result<(TcpStream, BackendGuard, usize), ProxyError> {
         if candidates.is_empty() {
             return Err(ProxyError::NoHealthyBackend {
                 pool: self.name.clone(),
@@ -397,17 +411,16 @@ impl Pool {
         let passive_fall = self.passive_fall();
         for &index in candidates {
             let backend = &self.backends[index];
-            let failure =
-                match tokio::time::timeout(timeout, TcpStream::connect(backend.addr)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = stream.set_nodelay(true);
-                        backend.count_connection();
-                        backend.record_passive(true, passive_fall, "connect failures");
-                        return Ok((stream, self.acquire(index)));
-                    }
-                    Ok(Err(err)) => err.to_string(),
-                    Err(_) => format!("no answer within {}ms", timeout.as_millis()),
-                };
+            let connect = super::connect::connect_sending(backend.addr, first);
+            let failure = match tokio::time::timeout(timeout, connect).await {
+                Ok(Ok((stream, sent))) => {
+                    backend.count_connection();
+                    backend.record_passive(true, passive_fall, "connect failures");
+                    return Ok((stream, self.acquire(index), sent));
+                }
+                Ok(Err(err)) => err.to_string(),
+                Err(_) => format!("no answer within {}ms", timeout.as_millis()),
+            };
             backend.count_connect_error();
             backend.record_passive(false, passive_fall, "connect failures");
             tracing::warn!(pool = %self.name, backend = %backend.name, error = %failure, "backend connect failed");

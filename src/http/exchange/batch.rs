@@ -29,15 +29,20 @@ pub struct SendBatcher {
 /// One request head waiting for the flusher, shared with the exchange that queued it.
 #[derive(Debug)]
 pub struct QueuedSend {
-    writer: Arc<std::net::TcpStream>,
     state: Mutex<SendState>,
 }
 
 /// Where a queued send is.
 #[derive(Debug)]
 pub enum SendState {
-    /// Waiting for the flusher; the owner's waker, to call if the write falls short.
-    Queued { head: Bytes, owner: Option<Waker> },
+    /// Waiting for the flusher: the head, the descriptor to write it on (released as
+    /// soon as the send is written or cancelled), and the owner's waker, to call if the
+    /// write falls short.
+    Queued {
+        head: Bytes,
+        writer: Arc<std::net::TcpStream>,
+        owner: Option<Waker>,
+    },
     /// The flusher wrote this many bytes of the head (all, or what the socket took).
     Written(usize),
     /// The write failed: the owner reads the backend's close to learn why.
@@ -66,8 +71,11 @@ impl SendBatcher {
             }
         }
         let send = Arc::new(QueuedSend {
-            writer,
-            state: Mutex::new(SendState::Queued { head, owner: None }),
+            state: Mutex::new(SendState::Queued {
+                head,
+                writer,
+                owner: None,
+            }),
         });
         let Ok(mut queue) = self.queue.lock() else {
             return None;
@@ -96,10 +104,15 @@ impl QueuedSend {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        let SendState::Queued { head, owner } = &mut *state else {
+        let SendState::Queued {
+            head,
+            writer,
+            owner,
+        } = &mut *state
+        else {
             return;
         };
-        let (next, whole) = match (&*self.writer).write(head) {
+        let (next, whole) = match (&**writer).write(head) {
             Ok(n) => (SendState::Written(n), n == head.len()),
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => (SendState::Written(0), false),
             Err(err) => (SendState::Failed(err.kind()), false),
@@ -133,18 +146,25 @@ impl QueuedSend {
         }
     }
 
-    /// The owner no longer waits: a send still queued is dropped.
-    pub fn cancel(&self) {
-        if let Ok(mut state) = self.state.lock() {
-            if matches!(*state, SendState::Queued { .. }) {
-                *state = SendState::Cancelled;
-            }
+    /// The owner no longer waits: a send still queued is dropped (with its descriptor).
+    /// True when it was still queued, so nothing of it went out.
+    pub fn cancel(&self) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        if matches!(*state, SendState::Queued { .. }) {
+            *state = SendState::Cancelled;
+            return true;
         }
+        false
     }
 }
 
 /// Flushes a pool's queued sends once per batch, until the pool's client is dropped.
 async fn flusher(batcher: Weak<SendBatcher>, wake: Arc<Notify>) {
+    // If this task ends while the pool lives (its runtime shutting down), the next
+    // queued send starts another.
+    let _restart = RestartOnDrop(batcher.clone());
     loop {
         wake.notified().await;
         // Let every task that is ready now queue its send first.
@@ -153,6 +173,16 @@ async fn flusher(batcher: Weak<SendBatcher>, wake: Arc<Notify>) {
             return;
         };
         batcher.flush();
+    }
+}
+
+struct RestartOnDrop(Weak<SendBatcher>);
+
+impl Drop for RestartOnDrop {
+    fn drop(&mut self) {
+        if let Some(batcher) = self.0.upgrade() {
+            batcher.started.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -215,16 +245,17 @@ mod tests {
         else {
             panic!("not queued");
         };
-        send.cancel();
+        assert!(send.cancel());
+        assert!(!send.cancel());
         batcher.flush();
         assert_eq!(
             send.poll_state(Waker::noop()),
             Some(Err(io::ErrorKind::Other))
         );
-        assert!(server.set_nonblocking(true).is_ok());
+        // Cancelling released the only descriptor: the peer reads a close, no request.
         let mut got = [0u8; 4];
         let read = (&server).read(&mut got);
-        assert!(matches!(read, Err(e) if e.kind() == io::ErrorKind::WouldBlock));
+        assert!(matches!(read, Ok(0)), "{read:?}");
     }
 
     #[tokio::test]
