@@ -199,18 +199,8 @@ pub async fn exchange(
             match send.poll_state(cx.waker()) {
                 // Still queued: the answer cannot come before it goes out.
                 None => {}
-                // The socket took part of it: the rest goes out from here.
-                Some(Ok(written)) => {
-                    if written < head.len() {
-                        sender = Some(RequestSender::new(head.slice(written..), None));
-                    }
-                    queued.0 = None;
-                }
-                // Written from here instead: on a dead socket this fails again, and the
-                // backend's close tells why (below).
-                Some(Err(kind)) => {
-                    tracing::trace!(error = ?kind, "writing the batched request failed");
-                    sender = Some(RequestSender::new(head.clone(), None));
+                Some(outcome) => {
+                    sender = rest_after_flush(&head, outcome);
                     queued.0 = None;
                 }
             }
@@ -240,18 +230,28 @@ pub async fn exchange(
             return Err(ExchangeError::NoResponse(None));
         }
         // The flusher wrote it meanwhile; what the socket did not take is still to send.
-        match send.poll_state(std::task::Waker::noop()) {
-            Some(Ok(written)) if written < head.len() => {
-                sender = Some(RequestSender::new(head.slice(written..), None));
-            }
-            Some(Err(_)) => sender = Some(RequestSender::new(head, None)),
-            _ => {}
+        if let Some(outcome) = send.poll_state(std::task::Waker::noop()) {
+            sender = rest_after_flush(&head, outcome);
         }
     }
     Ok(Answer {
         head: answer,
         unsent: sender.filter(|s| !s.failed),
     })
+}
+
+/// What the exchange still has to write after the flusher's attempt: the part of the
+/// head the socket did not take, or all of it after a failed write (on a dead socket
+/// that fails again, and the backend's close tells why).
+fn rest_after_flush(head: &Bytes, outcome: Result<usize, io::ErrorKind>) -> Option<RequestSender> {
+    match outcome {
+        Ok(written) if written >= head.len() => None,
+        Ok(written) => Some(RequestSender::new(head.slice(written..), None)),
+        Err(kind) => {
+            tracing::trace!(error = ?kind, "writing the batched request failed");
+            Some(RequestSender::new(head.clone(), None))
+        }
+    }
 }
 
 /// Cancels a batched send still queued when its exchange ends or is dropped.

@@ -4,12 +4,13 @@
 //! `tunnel_idle`. Returns the bytes moved each way.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// Buffer per direction.
 const CHUNK: usize = 32 * 1024;
@@ -101,11 +102,9 @@ where
                 biased;
                 read = from.read_buf(&mut buf) => break read,
                 _ = &mut idle_timer => {
-                    let deadline = activity.idle_deadline(idle);
-                    if Instant::now() >= deadline {
+                    if idle_or_rearm(idle_timer.as_mut(), activity, idle) {
                         return DirEnd::Idle;
                     }
-                    idle_timer.as_mut().reset(deadline);
                 }
             }
         };
@@ -135,15 +134,24 @@ where
                     Err(e) => return DirEnd::WriteError(e),
                 },
                 _ = &mut idle_timer => {
-                    let deadline = activity.idle_deadline(idle);
-                    if Instant::now() >= deadline {
+                    if idle_or_rearm(idle_timer.as_mut(), activity, idle) {
                         return DirEnd::Idle;
                     }
-                    idle_timer.as_mut().reset(deadline);
                 }
             }
         }
     }
+}
+
+/// The idle timer fired: true when nothing moved for `idle`; otherwise the timer is
+/// re-armed at the real deadline (bytes moved since it was set).
+fn idle_or_rearm(timer: Pin<&mut Sleep>, activity: &Activity, idle: Duration) -> bool {
+    let deadline = activity.idle_deadline(idle);
+    if Instant::now() >= deadline {
+        return true;
+    }
+    timer.reset(deadline);
+    false
 }
 
 /// Splices `client` and `backend` both ways until both have sent EOF, one fails, or the

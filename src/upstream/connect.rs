@@ -51,14 +51,19 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
-    #[tokio::test]
-    async fn the_first_bytes_go_out_with_the_connect() {
+    async fn listener() -> (tokio::net::TcpListener, SocketAddr) {
         let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
             panic!("bind");
         };
         let Ok(addr) = listener.local_addr() else {
             panic!("addr");
         };
+        (listener, addr)
+    }
+
+    #[tokio::test]
+    async fn the_first_bytes_go_out_with_the_connect() {
+        let (listener, addr) = listener().await;
         let Ok((stream, sent)) = connect_sending(addr, b"GET / HTTP/1.1\r\n\r\n").await else {
             panic!("connect");
         };
@@ -75,15 +80,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_connect_is_an_error() {
         // A port nothing listens on: bind one, then close it.
-        let addr = {
-            let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
-                panic!("bind");
-            };
-            let Ok(addr) = listener.local_addr() else {
-                panic!("addr");
-            };
-            addr
-        };
+        let (_, addr) = listener().await;
         for first in [&b""[..], &b"GET / HTTP/1.1\r\n\r\n"[..]] {
             let got = connect_sending(addr, first).await;
             assert!(
@@ -96,12 +93,7 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_to_send_waits_for_the_handshake() {
-        let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
-            panic!("bind");
-        };
-        let Ok(addr) = listener.local_addr() else {
-            panic!("addr");
-        };
+        let (_listener, addr) = listener().await;
         let Ok((stream, sent)) = connect_sending(addr, b"").await else {
             panic!("connect");
         };
