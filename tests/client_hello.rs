@@ -338,6 +338,54 @@ fn inconsistent_lengths_are_malformed() {
     assert_eq!(parse_client_hello(&hello), sni("x.example.com", &[]));
 }
 
+/// `hello` (from `build_client_hello`, one record) with `ext` appended to its extensions.
+fn with_extension(mut hello: Vec<u8>, ext: &[u8]) -> Vec<u8> {
+    let ext_len_at = 5 + 4 + 2 + 32 + 1 + 2 + 4 + 2;
+    let grow = |bytes: &mut [u8], by: usize| {
+        let width = bytes.len();
+        let mut value = [0u8; 8];
+        value[8 - width..].copy_from_slice(bytes);
+        let grown = u64::from_be_bytes(value) + by as u64;
+        bytes.copy_from_slice(&grown.to_be_bytes()[8 - width..]);
+    };
+    grow(&mut hello[3..5], ext.len()); // record length
+    grow(&mut hello[6..9], ext.len()); // handshake length
+    grow(&mut hello[ext_len_at..ext_len_at + 2], ext.len()); // extensions block
+    hello.extend_from_slice(ext);
+    hello
+}
+
+#[test]
+fn only_server_name_and_alpn_are_looked_into() {
+    let hello = build_client_hello(Some(b"x.example.com"), &[b"h2"]);
+    // supported_groups whose list length is odd: not the router's business (HAProxy and
+    // nginx pass it on too); the backend's TLS stack answers it.
+    let odd_groups = with_extension(hello.clone(), &[0, 10, 0, 3, 0, 1, 0x1d]);
+    assert_eq!(
+        parse_client_hello(&odd_groups),
+        sni("x.example.com", &[b"h2"])
+    );
+    // An extension of an unknown type with arbitrary content.
+    let unknown = with_extension(hello.clone(), &[0xfe, 0x01, 0, 2, 0xde, 0xad]);
+    assert_eq!(parse_client_hello(&unknown), sni("x.example.com", &[b"h2"]));
+    assert_every_prefix(
+        "unknown extension",
+        &unknown,
+        &sni("x.example.com", &[b"h2"]),
+    );
+    // Its length overrunning the block: malformed, whatever its type.
+    let mut overrun = with_extension(hello.clone(), &[0xfe, 0x01, 0, 2, 0xde, 0xad]);
+    let last = overrun.len() - 3;
+    overrun[last] = 3;
+    assert_eq!(parse_client_hello(&overrun), HelloParse::Malformed);
+    // A header cut short at the end of the block.
+    let cut = with_extension(hello.clone(), &[0xfe, 0x01, 0]);
+    assert_eq!(parse_client_hello(&cut), HelloParse::Malformed);
+    // A second ALPN extension whose list overruns itself is still read, and refused.
+    let bad_alpn = with_extension(hello, &[0, 16, 0, 3, 0, 9, 2]);
+    assert_eq!(parse_client_hello(&bad_alpn), HelloParse::Malformed);
+}
+
 #[test]
 fn oversized_hellos_are_too_large() {
     // A handshake message claiming 70,000 bytes: refused from its first 9 bytes.

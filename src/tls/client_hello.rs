@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use tls_parser::{
-    parse_tls_client_hello_extensions, parse_tls_handshake_client_hello, SNIType, TlsExtension,
+    parse_tls_client_hello_extension, parse_tls_handshake_client_hello, SNIType, TlsExtension,
 };
 
 /// Largest ClientHello stream (records and headers) the peek accepts.
@@ -19,6 +19,9 @@ pub const MAX_CLIENT_HELLO_RECORDS: usize = 256;
 const RECORD_HEADER: usize = 5;
 const CONTENT_HANDSHAKE: u8 = 22;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
+/// Extension types the router reads (RFC 6066 server_name, RFC 7301 ALPN).
+const EXT_SERVER_NAME: u16 = 0;
+const EXT_ALPN: u16 = 16;
 /// Record bodies above 2^14 + 2048 are not TLS (RFC 8446 §5.2 allows 2^14 + 256 for
 /// plaintext; be lenient).
 const MAX_RECORD_BODY: usize = 16_384 + 2048;
@@ -182,10 +185,12 @@ fn incomplete(needed: usize) -> HelloParse {
 
 /// Parses one complete handshake message that should be a ClientHello.
 ///
-/// tls-parser is lenient in two places that would turn a damaged ClientHello into one
-/// without SNI (and so route it to the default): it drops an extensions block whose
-/// length overruns the message, and stops at the first extension it cannot parse. Both
-/// leave bytes unconsumed; any unconsumed byte makes the message malformed.
+/// tls-parser is lenient where a damaged ClientHello would turn into one without SNI
+/// (and so route to the default): it drops an extensions block whose length overruns the
+/// message. That leaves bytes unconsumed, and any unconsumed byte makes the message
+/// malformed; so does an extension whose length overruns the block, or a server_name or
+/// ALPN extension tls-parser cannot parse. Other extensions are not looked into (as
+/// HAProxy and nginx do): their content is the backend's to judge.
 fn parse_message(message: &[u8]) -> HelloParse {
     if message.len() < 4 || message[0] != HANDSHAKE_CLIENT_HELLO {
         return HelloParse::Malformed;
@@ -199,15 +204,29 @@ fn parse_message(message: &[u8]) -> HelloParse {
     let Some(ext_bytes) = hello.ext else {
         return HelloParse::NoSni { alpn: Vec::new() };
     };
-    let Ok((rest, extensions)) = parse_tls_client_hello_extensions(ext_bytes) else {
-        return HelloParse::Malformed;
-    };
-    if !rest.is_empty() {
-        return HelloParse::Malformed;
-    }
+    // Walk the extension framing (type, length, data) and parse only the two the router
+    // reads: building every extension (key shares, groups, signature algorithms) was a
+    // seventh of the instructions of a passthrough connection. The framing is checked
+    // end to end as before; the content of the others is left to the backend.
     let mut sni: Option<String> = None;
     let mut alpn: Vec<Vec<u8>> = Vec::new();
-    for ext in extensions {
+    let mut rest = ext_bytes;
+    while !rest.is_empty() {
+        let [t0, t1, l0, l1, ..] = *rest else {
+            return HelloParse::Malformed;
+        };
+        let end = 4 + usize::from(u16::from_be_bytes([l0, l1]));
+        if rest.len() < end {
+            return HelloParse::Malformed;
+        }
+        let (one, next) = rest.split_at(end);
+        rest = next;
+        if !matches!(u16::from_be_bytes([t0, t1]), EXT_SERVER_NAME | EXT_ALPN) {
+            continue;
+        }
+        let Ok((_, ext)) = parse_tls_client_hello_extension(one) else {
+            return HelloParse::Malformed;
+        };
         match ext {
             TlsExtension::SNI(names) => {
                 for (kind, raw) in names {
