@@ -12,6 +12,15 @@ pub fn normalize_host(name: &str) -> String {
     trimmed.to_ascii_lowercase()
 }
 
+/// [`normalize_host`] without a copy when `name` is already normal (the usual case).
+pub fn normalized_host(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.ends_with('.') || name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(normalize_host(name))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
 /// A hostname pattern: exact or `*.suffix`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HostPattern {

@@ -25,7 +25,7 @@ use super::exchange::{self, BackendConn, ExchangeError};
 use super::headers::keep_alive_timeout;
 use crate::config::BackendConnections;
 use crate::error::ProxyError;
-use crate::upstream::{BackendGuard, Pool};
+use crate::upstream::{Backend, BackendGuard, Pool};
 
 /// The error a body may end with: hyper's own, an I/O error of a static file, a
 /// compression error.
@@ -96,8 +96,8 @@ impl std::fmt::Debug for PoolClient {
 pub struct Forwarded {
     /// The response; its body streams from the backend.
     pub response: Response<ProxyBody>,
-    /// The backend's name.
-    pub backend: String,
+    /// The backend (its name is for logs; cloning the `Arc` copies nothing).
+    pub backend: Arc<Backend>,
     /// The backend's index in its pool.
     pub index: usize,
     /// After a 101 answer to an upgrade request: the backend connection.
@@ -247,7 +247,7 @@ impl PoolClient {
         upgrade: bool,
         reused: bool,
     ) -> Result<Forwarded, ForwardError> {
-        let backend = guard.backend().name.clone();
+        let backend = guard.backend_arc();
         let index = guard.index();
         let reusable = self.mode == BackendConnections::Pooled && !upgrade;
         // Only a request on a reused connection is batched: a new connection would need

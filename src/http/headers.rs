@@ -239,16 +239,19 @@ fn previous_list(headers: &HeaderMap, name: &HeaderName, extra: usize) -> Option
 
 /// The request's host without port, lower-cased: from the URI authority
 /// (absolute-form) or the Host header.
-pub fn request_host(uri: &hyper::Uri, headers: &HeaderMap) -> Option<String> {
+pub fn request_host<'a>(
+    uri: &'a hyper::Uri,
+    headers: &'a HeaderMap,
+) -> Option<std::borrow::Cow<'a, str>> {
     if let Some(h) = uri.host() {
-        return Some(crate::route::normalize_host(h));
+        return Some(crate::route::normalized_host(h));
     }
     let raw = headers.get(HOST)?.to_str().ok()?;
     let host = strip_port(raw);
     if host.is_empty() {
         return None;
     }
-    Some(crate::route::normalize_host(host))
+    Some(crate::route::normalized_host(host))
 }
 
 /// Whether a Host header value is a plausible `host[:port]`: a registered name, an IPv4

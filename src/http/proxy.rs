@@ -112,11 +112,34 @@ pub struct ConnInfo {
     pub rate_per_request: Option<Arc<crate::protect::RateLimiter>>,
 }
 
-/// Who served a request, for the access log.
+/// Who served a request, for the access log (nothing is copied when the log is off).
 #[derive(Debug, Default)]
 struct Served {
+    /// The access log is on: fill in the names.
+    logging: bool,
     pool: Option<String>,
     backend: Option<String>,
+}
+
+impl Served {
+    fn new(logging: bool) -> Self {
+        Served {
+            logging,
+            ..Served::default()
+        }
+    }
+
+    fn pool(&mut self, name: &str) {
+        if self.logging {
+            self.pool = Some(name.to_string());
+        }
+    }
+
+    fn backend(&mut self, name: &str) {
+        if self.logging {
+            self.backend = Some(name.to_string());
+        }
+    }
 }
 
 /// Handles one request.
@@ -218,10 +241,8 @@ async fn forward(
             Served::default(),
         );
     };
-    let mut served = Served {
-        pool: Some(rule.pool_name().to_string()),
-        backend: None,
-    };
+    let mut served = Served::new(cx.conn.access.enabled());
+    served.pool(rule.pool_name());
     if let Some(rate) = &rule.rate {
         if let Err(wait) = rate.check(cx.peer.ip(), started) {
             cx.conn.protection.count(Limit::Rate);
@@ -249,7 +270,7 @@ async fn forward(
                 // Answered from memory (a hit, or a collapsed miss served what the first
                 // one stored): counted like any answer of the rule.
                 rule.metrics.count(response.status(), started);
-                served.backend = Some("cache".to_string());
+                served.backend("cache");
             }
             response
         }
@@ -387,8 +408,8 @@ async fn to_pool(
     client
         .pool()
         .record_status(forwarded.index, status.as_u16());
-    tracing::trace!(backend = %forwarded.backend, status = status.as_u16(), "forwarded");
-    served.backend = Some(forwarded.backend);
+    tracing::trace!(backend = %forwarded.backend.name, status = status.as_u16(), "forwarded");
+    served.backend(&forwarded.backend.name);
 
     if status == StatusCode::SWITCHING_PROTOCOLS {
         if let (Some(client_upgrade), Some(backend)) = (client_upgrade, forwarded.upgraded) {

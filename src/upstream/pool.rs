@@ -247,6 +247,11 @@ impl BackendGuard {
         &self.pool.backends[self.index]
     }
 
+    /// The backend, shared.
+    pub fn backend_arc(&self) -> Arc<Backend> {
+        Arc::clone(&self.pool.backends[self.index])
+    }
+
     /// The backend's index in its pool.
     pub fn index(&self) -> usize {
         self.index
