@@ -455,11 +455,14 @@ async fn splice_to_pool(
     };
     let started = std::time::Instant::now();
     let timeouts = &snapshot.config.timeouts;
-    let result = match pool.connect(Some(peer), timeouts.connect).await {
-        Ok((backend, guard)) => {
+    let result = match pool
+        .connect_sending(Some(peer), timeouts.connect, replay)
+        .await
+    {
+        Ok((backend, guard, sent)) => {
             // Counted in its mode only once a backend took it.
             let _active = listener.counters.open(mode);
-            passthrough::relay(stream, backend, guard, replay, timeouts).await
+            passthrough::relay(stream, backend, guard, replay, sent, timeouts).await
         }
         Err(err) => {
             listener.counters.rejected();

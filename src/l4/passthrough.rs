@@ -1,6 +1,7 @@
 //! Passthrough and plain TCP: pick a backend from the route's pool, connect under
-//! `timeouts.connect` (next candidate on failure), replay the bytes the peek read, then
-//! splice both ways. The TLS stays end to end; tollgate never decrypts it.
+//! `timeouts.connect` (next candidate on failure), replay the bytes the peek read (offered
+//! to the socket with the connect itself, `upstream::connect`), then splice both ways.
+//! The TLS stays end to end; tollgate never decrypts it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,24 +32,26 @@ pub async fn tunnel(
     pool: &Arc<Pool>,
     timeouts: &Timeouts,
 ) -> Result<TunnelReport, ProxyError> {
-    let (backend, guard) = pool.connect(Some(peer), timeouts.connect).await?;
-    relay(client, backend, guard, replay, timeouts).await
+    let (backend, guard, sent) = pool
+        .connect_sending(Some(peer), timeouts.connect, replay)
+        .await?;
+    relay(client, backend, guard, replay, sent, timeouts).await
 }
 
-/// Writes `replay` to a connected `backend`, then splices it with `client`.
+/// Writes what is left of `replay` (its first `sent` bytes went out with the connect)
+/// to a connected `backend`, then splices it with `client`.
 pub async fn relay(
     mut client: TcpStream,
     mut backend: TcpStream,
     guard: BackendGuard,
     replay: &[u8],
+    sent: usize,
     timeouts: &Timeouts,
 ) -> Result<TunnelReport, ProxyError> {
     let backend_name = guard.backend().name.clone();
-    if !replay.is_empty() {
-        backend
-            .write_all(replay)
-            .await
-            .map_err(ProxyError::Backend)?;
+    let rest = replay.get(sent..).unwrap_or_default();
+    if !rest.is_empty() {
+        backend.write_all(rest).await.map_err(ProxyError::Backend)?;
     }
     let mut outcome = splice_tcp(&mut client, &mut backend, timeouts.tunnel_idle).await;
     outcome.client_to_backend += replay.len() as u64;

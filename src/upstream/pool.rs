@@ -388,6 +388,19 @@ impl Pool {
         self.connect_in_order(&candidates, timeout).await
     }
 
+    /// [`Pool::connect`], offering `first` to the socket as soon as the connect started
+    /// (passthrough: the replayed ClientHello); returns how much of it went out.
+    pub async fn connect_sending(
+        self: &Arc<Self>,
+        client: Option<SocketAddr>,
+        timeout: Duration,
+        first: &[u8],
+    ) -> Result<(TcpStream, BackendGuard, usize), ProxyError> {
+        let candidates = self.candidates(client);
+        self.connect_in_order_sending(&candidates, timeout, first)
+            .await
+    }
+
     /// Connects to the first of `candidates` (indexes, best first) that accepts.
     pub async fn connect_in_order(
         self: &Arc<Self>,
