@@ -118,14 +118,8 @@ impl<T> HostTable<T> {
 
     /// Looks `name` up without falling back to the default.
     pub fn lookup_named(&self, name: &str) -> Option<&T> {
-        let needs_norm = name.ends_with('.') || name.bytes().any(|b| b.is_ascii_uppercase());
-        let owned;
-        let host = if needs_norm {
-            owned = normalize_host(name);
-            owned.as_str()
-        } else {
-            name
-        };
+        let host = normalized_host(name);
+        let host = host.as_ref();
         if let Some(v) = self.exact.get(host) {
             return Some(v);
         }

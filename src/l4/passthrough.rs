@@ -3,16 +3,13 @@
 //! to the socket with the connect itself, `upstream::connect`), then splice both ways.
 //! The TLS stays end to end; tollgate never decrypts it.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::splice::{splice_tcp, SpliceOutcome};
 use crate::config::Timeouts;
 use crate::error::ProxyError;
-use crate::upstream::{BackendGuard, Pool};
+use crate::upstream::BackendGuard;
 
 /// What a finished tunnel did.
 #[derive(Debug, Clone)]
@@ -21,21 +18,6 @@ pub struct TunnelReport {
     pub backend: String,
     /// Bytes and end reason (client → backend includes the replayed prefix).
     pub outcome: SpliceOutcome,
-}
-
-/// Connects `client` to a backend of `pool`, writes `replay` to it first, and splices
-/// until the tunnel ends. On error the client is dropped (closed) by the caller.
-pub async fn tunnel(
-    client: TcpStream,
-    peer: SocketAddr,
-    replay: &[u8],
-    pool: &Arc<Pool>,
-    timeouts: &Timeouts,
-) -> Result<TunnelReport, ProxyError> {
-    let (backend, guard, sent) = pool
-        .connect_sending(Some(peer), timeouts.connect, replay)
-        .await?;
-    relay(client, backend, guard, replay, sent, timeouts).await
 }
 
 /// Writes what is left of `replay` (its first `sent` bytes went out with the connect)

@@ -378,18 +378,9 @@ impl Pool {
     }
 
     /// Connects to the first candidate that accepts within `timeout`, trying each in
-    /// turn. Returns the stream and a guard counting the open connection.
-    pub async fn connect(
-        self: &Arc<Self>,
-        client: Option<SocketAddr>,
-        timeout: Duration,
-    ) -> Result<(TcpStream, BackendGuard), ProxyError> {
-        let candidates = self.candidates(client);
-        self.connect_in_order(&candidates, timeout).await
-    }
-
-    /// [`Pool::connect`], offering `first` to the socket as soon as the connect started
-    /// (passthrough: the replayed ClientHello); returns how much of it went out.
+    /// turn, and offers `first` (passthrough: the replayed ClientHello) to the socket as
+    /// soon as the connect started. Returns the stream, a guard counting the open
+    /// connection, and how much of `first` went out.
     pub async fn connect_sending(
         self: &Arc<Self>,
         client: Option<SocketAddr>,
@@ -401,20 +392,9 @@ impl Pool {
             .await
     }
 
-    /// Connects to the first of `candidates` (indexes, best first) that accepts.
-    pub async fn connect_in_order(
-        self: &Arc<Self>,
-        candidates: &[usize],
-        timeout: Duration,
-    ) -> Result<(TcpStream, BackendGuard), ProxyError> {
-        let (stream, guard, _) = self
-            .connect_in_order_sending(candidates, timeout, &[])
-            .await?;
-        Ok((stream, guard))
-    }
-
-    /// [`Pool::connect_in_order`], offering `first` to each new connection as soon as
-    /// its connect has started (`connect.rs`); also returns how much of it went out.
+    /// Connects to the first of `candidates` (indexes, best first) that accepts, offering
+    /// `first` to each new connection as soon as its connect has started (`connect.rs`);
+    /// also returns how much of it went out.
     pub async fn connect_in_order_sending(
         self: &Arc<Self>,
         candidates: &[usize],
