@@ -4,7 +4,6 @@
 //! answer (any answer) without panicking, within its bounds. A failing seed is printed
 //! so it can become a regression test.
 
-use tollgate::http::framing::FramingScanner;
 use tollgate::http::headers;
 use tollgate::tls::client_hello::{parse_client_hello, HelloParse, MAX_CLIENT_HELLO_BYTES};
 
@@ -97,21 +96,61 @@ fn config_loader_answers_every_mutation_of_the_sample() {
 }
 
 #[test]
-fn framing_scanner_follows_any_byte_stream_without_panicking() {
+fn request_heads_and_bodies_from_any_byte_stream_without_panicking() {
+    use bytes::BytesMut;
+    use hyper::body::Body;
+    use tollgate::http::conn::{request_body, request_head};
     let request = b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut heads = 0;
     for seed in 0..3000u64 {
         let mut rng = fastrand::Rng::with_seed(seed);
         let input = mutate(&mut rng, request);
-        let mut scanner = FramingScanner::default();
-        // Fed in random pieces, as reads arrive.
+        let framing =
+            |buf: &mut BytesMut| request_head::parse(buf, 4096).map(|h| h.map(|h| h.framing));
+        let whole = framing(&mut BytesMut::from(&input[..]));
+        // Arriving in random pieces, the first answer that is not "read more" is the
+        // answer for the whole input.
+        let mut buf = BytesMut::new();
         let mut rest = &input[..];
+        let mut in_pieces = Ok(None);
         while !rest.is_empty() {
             let n = rng.usize(1..=rest.len().min(64));
-            scanner.feed(&rest[..n]);
+            buf.extend_from_slice(&rest[..n]);
             rest = &rest[n..];
+            in_pieces = framing(&mut buf.clone());
+            if !matches!(in_pieces, Ok(None)) {
+                break;
+            }
         }
-        let _ = scanner.take_conflicting("POST", "/upload");
+        assert_eq!(whole, in_pieces, "seed {seed}");
+        // The body after a head that parsed is read to its end or refused, never more.
+        let mut buf = BytesMut::from(&input[..]);
+        let Ok(Some(head)) = request_head::parse(&mut buf, 4096) else {
+            continue;
+        };
+        heads += 1;
+        let (mut body, feed) = request_body::channel(head.framing, false);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut feed = feed;
+        for _ in 0..1000 {
+            match std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+                std::task::Poll::Ready(None | Some(Err(_))) => break,
+                std::task::Poll::Ready(Some(Ok(_))) => {}
+                std::task::Poll::Pending => match feed.as_mut().map(|f| f.feed(&mut buf)) {
+                    Some(request_body::FeedStep::NeedBytes) => {
+                        feed.as_mut().unwrap().client_closed();
+                    }
+                    Some(_) => {}
+                    None => panic!("a body without a feed waited"),
+                },
+            }
+        }
+        assert!(
+            body.is_end_stream() || feed.as_ref().is_some_and(|f| f.is_failed()),
+            "seed {seed}"
+        );
     }
+    assert!(heads > 0);
 }
 
 #[test]

@@ -1,27 +1,29 @@
-//! Drives one client connection through hyper's HTTP/1.1 server: keep-alive, pipelining,
-//! upgrades, the 431 header limit, and two clocks hyper does not keep the way an edge
-//! needs them: `timeouts.request_header` runs from the first byte of a request until its
+//! Drives one client connection's HTTP/1.1 server side (`driver.rs`: keep-alive,
+//! pipelining, upgrades, the 400/414/431 refusals of a bad head) under a watchdog with the
+//! clocks an edge needs: `timeouts.request_header` runs from the first byte of a request until its
 //! headers are complete (slowloris), and `timeouts.client_idle` runs while no request is
 //! in flight and no byte arrives. On shutdown, idle connections close and busy ones
 //! answer their current request with `Connection: close`.
 
-use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+mod driver;
+pub mod request_body;
+pub mod request_head;
+pub mod response_head;
+pub mod upgrade;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::service::Service;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::ProxyBody;
-use super::framing::FramingScanner;
+use driver::{DriveEnd, Driver};
+pub use request_body::RequestBody;
 
 /// Activity of one client connection, shared by its IO wrapper, its service and its
 /// watchdog.
@@ -39,18 +41,19 @@ pub struct ConnActivity {
     /// arrived; 0 when no request is being read.
     header_since_ms: AtomicU64,
     /// Shutdown began: the next response says `Connection: close`.
-    draining: std::sync::atomic::AtomicBool,
-    /// Follows the raw request stream for framing hyper hides (CL + TE).
-    framing: std::sync::Mutex<FramingScanner>,
+    draining: AtomicBool,
+    /// The request being handed to the request path named both Content-Length and
+    /// Transfer-Encoding (it answers 400 and closes).
+    conflicting: AtomicBool,
     /// Responses started (counted only under `max_requests_per_connection`).
     answered: AtomicU64,
     /// The response to the last request `max_requests_per_connection` allows went out.
-    request_limit_hit: std::sync::atomic::AtomicBool,
+    request_limit_hit: AtomicBool,
     /// The connection's place in its listener's opening stage, until its first request
     /// head is complete (a full listener may shed it meanwhile; `protect::shed`).
     opening: std::sync::Mutex<Option<crate::protect::shed::OpeningGuard>>,
     /// `opening` holds a guard (checked without the lock on every request).
-    opening_held: std::sync::atomic::AtomicBool,
+    opening_held: AtomicBool,
     /// Cancelled when the connection is shed.
     shed: std::sync::OnceLock<CancellationToken>,
 }
@@ -63,13 +66,13 @@ impl ConnActivity {
             awaiting_head: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             header_since_ms: AtomicU64::new(0),
-            draining: std::sync::atomic::AtomicBool::new(false),
-            framing: std::sync::Mutex::new(FramingScanner::default()),
+            draining: AtomicBool::new(false),
+            conflicting: AtomicBool::new(false),
             answered: AtomicU64::new(0),
             opening: std::sync::Mutex::new(None),
-            opening_held: std::sync::atomic::AtomicBool::new(false),
+            opening_held: AtomicBool::new(false),
             shed: std::sync::OnceLock::new(),
-            request_limit_hit: std::sync::atomic::AtomicBool::new(false),
+            request_limit_hit: AtomicBool::new(false),
         }
     }
 
@@ -77,10 +80,8 @@ impl ConnActivity {
         self.start.elapsed().as_millis() as u64
     }
 
-    fn bytes_read(&self, bytes: &[u8]) {
-        if let Ok(mut framing) = self.framing.lock() {
-            framing.feed(bytes);
-        }
+    /// Bytes arrived from the client.
+    fn bytes_read(&self) {
         let now = self.now_ms();
         self.last_ms.store(now, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Relaxed) == 0
@@ -92,20 +93,22 @@ impl ConnActivity {
         }
     }
 
-    /// Whether the request hyper just handed over (`method target`) named both
-    /// Content-Length and Transfer-Encoding (hyper drops the Content-Length).
-    pub fn conflicting_framing(&self, method: &str, target: &str) -> bool {
-        self.framing
-            .lock()
-            .map(|mut f| f.take_conflicting(method, target))
-            .unwrap_or(false)
+    /// A request head is already partly buffered (pipelined): its header clock runs.
+    fn head_started(&self) {
+        if self.header_since_ms.load(Ordering::Relaxed) == 0 {
+            self.header_since_ms
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+        }
     }
 
-    /// The connection became a tunnel: stop following HTTP framing.
-    pub fn upgraded(&self) {
-        if let Ok(mut framing) = self.framing.lock() {
-            framing.stop();
-        }
+    fn set_conflicting(&self, conflicting: bool) {
+        self.conflicting.store(conflicting, Ordering::Relaxed);
+    }
+
+    /// Whether the request just handed over named both Content-Length and
+    /// Transfer-Encoding (asked once per request).
+    pub fn take_conflicting(&self) -> bool {
+        self.conflicting.swap(false, Ordering::Relaxed)
     }
 
     /// Bytes went out to the client: the response is moving.
@@ -188,57 +191,6 @@ impl Drop for InFlight {
     }
 }
 
-/// The client stream, noting every read in the connection's activity.
-struct WatchedIo<S> {
-    inner: S,
-    activity: Arc<ConnActivity>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.bytes_read(&buf.filled()[before..]);
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.bytes_written();
-        }
-        polled
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
 /// Limits and clocks of a client connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
@@ -263,7 +215,7 @@ const DRAIN_IDLE: Duration = Duration::from_secs(1);
 /// How a client connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnEnd {
-    /// Client closed, or hyper finished (Connection: close, error answered).
+    /// Client closed, or a response ended the connection (Connection: close, HTTP/1.0).
     Closed,
     /// Idle past `client_idle`.
     Idle,
@@ -273,7 +225,7 @@ pub enum ConnEnd {
     Shutdown,
     /// A request in flight made no progress for `stalled`.
     Stalled,
-    /// hyper refused a request head itself and answered it (400 or 431) before closing.
+    /// A request head was refused and answered (400, 414 or 431) before closing.
     Refused(u16),
     /// Closed after the last request `max_requests_per_connection` allows.
     RequestLimit,
@@ -281,8 +233,9 @@ pub enum ConnEnd {
     Shed,
 }
 
-/// Serves HTTP/1.1 on `stream` with `make_service(activity)` until the connection ends.
-pub async fn serve_connection<S, F, Svc>(
+/// Serves HTTP/1.1 on `stream`, answering each request with the service
+/// `make_service(activity)` makes, until the connection ends.
+pub async fn serve_connection<S, F, Svc, Fut>(
     stream: S,
     limits: ConnLimits,
     shutdown: &CancellationToken,
@@ -291,49 +244,12 @@ pub async fn serve_connection<S, F, Svc>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnOnce(Arc<ConnActivity>) -> Svc,
-    Svc: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = std::convert::Infallible>
-        + Send
-        + 'static,
-    Svc::Future: Send + 'static,
+    Svc: FnMut(Request<RequestBody>) -> Fut,
+    Fut: Future<Output = Response<ProxyBody>>,
 {
     let activity = Arc::new(ConnActivity::new());
-    let io = TokioIo::new(WatchedIo {
-        inner: stream,
-        activity: Arc::clone(&activity),
-    });
     let service = make_service(Arc::clone(&activity));
-    // Once a drain began, every response tells the client to close.
-    // So does the response to the last request `max_requests` allows.
-    let drain_view = Arc::clone(&activity);
-    let max_requests = limits.max_requests;
-    let service = hyper::service::service_fn(move |req| {
-        let answer = service.call(req);
-        let activity = Arc::clone(&drain_view);
-        async move {
-            let mut response = answer.await?;
-            let last = match max_requests {
-                None => false,
-                Some(max) => activity.answered.fetch_add(1, Ordering::Relaxed) + 1 >= max,
-            };
-            if last {
-                activity.request_limit_hit.store(true, Ordering::Relaxed);
-            }
-            if last || activity.is_draining() {
-                response.headers_mut().insert(
-                    hyper::header::CONNECTION,
-                    hyper::header::HeaderValue::from_static("close"),
-                );
-            }
-            Ok::<_, std::convert::Infallible>(response)
-        }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .keep_alive(true)
-        .half_close(false)
-        .max_header_size(limits.max_header_bytes)
-        .header_read_timeout(None);
-    let conn = builder.serve_connection(io, service).with_upgrades();
+    let conn = Driver::new(stream, Arc::clone(&activity), limits).run(service);
     tokio::pin!(conn);
 
     let mut end = ConnEnd::Closed;
@@ -355,14 +271,10 @@ where
         tokio::select! {
             biased;
             result = conn.as_mut() => {
-                if let Err(err) = result {
-                    if err.is_parse_too_large() {
-                        return ConnEnd::Refused(431);
-                    }
-                    if err.is_parse() {
-                        return ConnEnd::Refused(400);
-                    }
-                    tracing::debug!(error = %err, "client connection ended with an error");
+                match result {
+                    Ok(DriveEnd::Refused(status)) => return ConnEnd::Refused(status),
+                    Ok(DriveEnd::Closed | DriveEnd::Upgraded) => {}
+                    Err(err) => tracing::debug!(error = %err, "client connection ended with an error"),
                 }
                 if end == ConnEnd::Closed && activity.request_limit_hit.load(Ordering::Relaxed) {
                     return ConnEnd::RequestLimit;

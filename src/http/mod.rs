@@ -1,14 +1,12 @@
-//! The L7 module: HTTP/1.1 with hyper on terminated TLS connections and on
-//! `protocol: http` listeners. `conn.rs` drives a client connection (keep-alive, clocks,
-//! drain), `proxy.rs` handles each request, `headers.rs` holds the header rules,
-//! `framing.rs` follows the raw request stream for the framing conflicts hyper hides,
-//! `client.rs` the backend side (`per_request` or `pooled`) and `exchange.rs` one HTTP/1.1
+//! The L7 module: HTTP/1.1 on terminated TLS connections and on `protocol: http`
+//! listeners. `conn.rs` drives a client connection (its own HTTP/1.1 server side,
+//! keep-alive, clocks, drain), `proxy.rs` handles each request, `headers.rs` holds the
+//! header rules, `client.rs` the backend side (`per_request` or `pooled`) and `exchange.rs` one HTTP/1.1
 //! exchange on a backend connection.
 
 pub mod client;
 pub mod conn;
 pub mod exchange;
-pub mod framing;
 pub mod headers;
 pub mod proxy;
 pub mod routes;
@@ -169,7 +167,7 @@ pub async fn serve_tls(
         limits(snapshot),
         &ctx.shutdown,
         |activity| {
-            let cx = ProxyContext {
+            let cx = Arc::new(ProxyContext {
                 table,
                 peer,
                 client: Arc::new(headers::ClientIdentity::new(peer.ip())),
@@ -178,8 +176,8 @@ pub async fn serve_tls(
                 max_body: snapshot.config.limits.max_request_body_bytes,
                 activity,
                 conn,
-            };
-            hyper::service::service_fn(move |req| proxy::handle(req, cx.clone()))
+            });
+            move |req| proxy::handle(req, Arc::clone(&cx))
         },
     ))
     .await;
@@ -239,7 +237,7 @@ pub async fn serve_plain(
                     if let Some(guard) = opening.take() {
                         activity.hold_opening(guard);
                     }
-                    let cx = ProxyContext {
+                    let cx = Arc::new(ProxyContext {
                         table,
                         peer,
                         client: Arc::new(headers::ClientIdentity::new(peer.ip())),
@@ -248,8 +246,8 @@ pub async fn serve_plain(
                         max_body: snapshot.config.limits.max_request_body_bytes,
                         activity,
                         conn,
-                    };
-                    hyper::service::service_fn(move |req| proxy::handle(req, cx.clone()))
+                    });
+                    move |req| proxy::handle(req, Arc::clone(&cx))
                 },
             ))
             .await;
@@ -266,7 +264,7 @@ pub async fn serve_plain(
                     if let Some(guard) = opening.take() {
                         activity.hold_opening(guard);
                     }
-                    hyper::service::service_fn(move |req| {
+                    move |req| {
                         activity.request_started();
                         let response = if proxy::has_ambiguous_framing(&req, &activity) {
                             proxy::ambiguous_framing_response()
@@ -274,8 +272,8 @@ pub async fn serve_plain(
                             proxy::redirect(&req, port)
                         };
                         activity.request_finished();
-                        async move { Ok::<_, std::convert::Infallible>(response) }
-                    })
+                        std::future::ready(response)
+                    }
                 },
             ))
             .await;

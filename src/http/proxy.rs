@@ -1,23 +1,21 @@
-//! The L7 request path (a hyper service per client connection): check framing, route by
+//! The L7 request path (called by the client connection for each request): check framing, route by
 //! Host and path, rewrite headers, forward to the pool's backend over a new or pooled
 //! connection, stream the response back, or answer 400/404/502/503/504 itself. A
 //! `Connection: Upgrade` request that the backend answers with 101 becomes a spliced
 //! tunnel between the two upgraded connections.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
 
-use super::client::{full_body, BoxError, ForwardError, PoolClient, ProxyBody};
-use super::conn::{AwaitingHead, ConnActivity, InFlight};
+use super::client::{full_body, ForwardError, PoolClient, ProxyBody};
+use super::conn::{AwaitingHead, ConnActivity, InFlight, RequestBody};
 use super::headers;
 use super::routes::{CompiledRule, RouteTable, Target};
 use crate::access_log::AccessLog;
@@ -69,17 +67,10 @@ fn closing(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
     response
 }
 
-/// Whether `request` named both Content-Length and Transfer-Encoding as the client sent
-/// it (hyper hides that; see `framing.rs`), or Content-Lengths that disagree.
+/// Whether `request` named both Content-Length and Transfer-Encoding (the connection
+/// noted it while parsing the head), or Content-Lengths that disagree.
 pub fn has_ambiguous_framing<B>(request: &Request<B>, activity: &ConnActivity) -> bool {
-    let uri = request.uri();
-    let method = request.method().as_str();
-    // Origin-form (`/path?q`), the usual case, compares without building a string.
-    let conflicting = match (uri.scheme(), uri.path_and_query()) {
-        (None, Some(origin_form)) => activity.conflicting_framing(method, origin_form.as_str()),
-        _ => activity.conflicting_framing(method, &uri.to_string()),
-    };
-    conflicting || headers::has_conflicting_framing(request.headers())
+    activity.take_conflicting() || headers::has_conflicting_framing(request.headers())
 }
 
 /// The answer to ambiguous framing: 400, and the connection closes after it.
@@ -143,10 +134,7 @@ impl Served {
 }
 
 /// Handles one request.
-pub async fn handle(
-    request: Request<Incoming>,
-    cx: ProxyContext,
-) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(request: Request<RequestBody>, cx: Arc<ProxyContext>) -> Response<ProxyBody> {
     let started = Instant::now();
     let in_flight = InFlight(Arc::clone(&cx.activity));
     cx.activity.request_started();
@@ -177,11 +165,11 @@ pub async fn handle(
         p.served = served;
         p
     });
-    Ok(track(response, in_flight, pending))
+    track(response, in_flight, pending)
 }
 
 async fn forward(
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     cx: &ProxyContext,
     started: Instant,
 ) -> (Response<ProxyBody>, Served) {
@@ -288,7 +276,7 @@ async fn forward(
 /// Forwards `request` to a backend of `client`'s pool and returns its response, or the
 /// 400/413/502/503/504 tollgate answers itself. Fills in `served.backend`.
 async fn to_pool(
-    mut request: Request<Incoming>,
+    mut request: Request<RequestBody>,
     rule: &CompiledRule,
     client: &Arc<PoolClient>,
     cx: &ProxyContext,
@@ -297,7 +285,11 @@ async fn to_pool(
     served: &mut Served,
 ) -> Response<ProxyBody> {
     let upgrade = headers::is_upgrade_request(request.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let client_upgrade = if upgrade {
+        super::conn::upgrade::on(&mut request)
+    } else {
+        None
+    };
 
     let (mut parts, body) = request.into_parts();
     let original_host = parts.headers.get(HOST).cloned();
@@ -327,9 +319,9 @@ async fn to_pool(
     parts.version = Version::HTTP_11;
     let body = match &body_limit {
         // Most requests have no body: an empty body of the proxy's type costs no
-        // allocation, a boxed `Incoming` does.
+        // allocation, a boxed request body does.
         None if body.is_end_stream() => crate::http::client::empty_body(),
-        None => body.map_err(BoxError::from).boxed_unsync(),
+        None => body.boxed_unsync(),
         Some((max, tripped)) => LimitedBody {
             inner: body,
             left: *max,
@@ -413,16 +405,14 @@ async fn to_pool(
 
     if status == StatusCode::SWITCHING_PROTOCOLS {
         if let (Some(client_upgrade), Some(backend)) = (client_upgrade, forwarded.upgraded) {
-            cx.activity.upgraded();
             let idle = cx.timeouts.tunnel_idle;
             let hard_stop = cx.conn.hard_stop.clone();
             // Tracked like a connection: a drain waits for it, the grace period cuts it.
             cx.conn.tracker.spawn(async move {
-                let Ok(client_io) = client_upgrade.await else {
+                let Ok(mut client_io) = client_upgrade.upgraded().await else {
                     tracing::info!("upgrade failed on the client side; closing");
                     return;
                 };
-                let mut client_io = TokioIo::new(client_io);
                 let crate::http::client::Upgraded { conn, guard } = backend;
                 let mut backend_io =
                     crate::tls::peek::ReplayStream::new(conn.buf.to_vec(), conn.stream);
@@ -457,7 +447,7 @@ fn too_many_requests(wait: std::time::Duration) -> Response<ProxyBody> {
 }
 
 /// Answers every request with 308 to `https://HOST:port/PATH?QUERY`.
-pub fn redirect(request: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
+pub fn redirect<B>(request: &Request<B>, port: u16) -> Response<ProxyBody> {
     let Some(host) = headers::request_host(request.uri(), request.headers()) else {
         return closing(plain_response(
             StatusCode::BAD_REQUEST,

@@ -168,6 +168,17 @@ fn framing(
             _ => BodyFraming::UntilClose,
         });
     }
+    let length = content_length(headers)?;
+    Ok(match length {
+        Some(0) => BodyFraming::Empty,
+        Some(n) => BodyFraming::Length(n),
+        None => BodyFraming::UntilClose,
+    })
+}
+
+/// The Content-Length of `headers`: `Ok(None)` without one, `Err` when its values are not
+/// one number (a list of equal numbers counts as one, RFC 9110 §8.6).
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
         let Ok(text) = value.to_str() else {
@@ -187,14 +198,11 @@ fn framing(
             length = Some(n);
         }
     }
-    Ok(match length {
-        Some(0) => BodyFraming::Empty,
-        Some(n) => BodyFraming::Length(n),
-        None => BodyFraming::UntilClose,
-    })
+    Ok(length)
 }
 
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
+/// Whether a Connection field of `headers` names `token`.
+pub fn has_token(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(CONNECTION)
         .iter()

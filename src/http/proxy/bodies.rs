@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::Response;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +27,7 @@ struct BodyOverLimit;
 /// [`BodyOverLimit`], which aborts the backend exchange (a truncated body is never passed
 /// off as complete, which ending the stream would do).
 pub(super) struct LimitedBody {
-    pub(super) inner: Incoming,
+    pub(super) inner: crate::http::conn::RequestBody,
     pub(super) left: u64,
     pub(super) tripped: CancellationToken,
 }
