@@ -284,12 +284,10 @@ async fn to_pool(
     body_limit: Option<(u64, CancellationToken)>,
     served: &mut Served,
 ) -> Response<ProxyBody> {
-    let upgrade = headers::is_upgrade_request(request.headers());
-    let client_upgrade = if upgrade {
-        super::conn::upgrade::on(&mut request)
-    } else {
-        None
-    };
+    // The connection marked an upgrade request (Connection: upgrade with Upgrade) with
+    // its hand-over.
+    let client_upgrade = super::conn::upgrade::on(&mut request);
+    let upgrade = client_upgrade.is_some();
 
     let (mut parts, body) = request.into_parts();
     let original_host = parts.headers.get(HOST).cloned();

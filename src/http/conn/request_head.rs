@@ -5,10 +5,10 @@
 //! values and the target share one buffer with the head instead of being copied.
 
 use bytes::{Bytes, BytesMut};
-use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
+use hyper::header::{
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE,
+};
 use hyper::{HeaderMap, Method, Uri, Version};
-
-use crate::http::exchange::head::{content_length, has_token};
 
 /// Most request header fields accepted (hyper's default; 431 above it).
 pub const MAX_FIELDS: usize = 100;
@@ -133,7 +133,15 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>,
         }
         Err(_) => return Err(RequestHeadError::Malformed),
     };
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the forwarding fields the request path adds, so the map does not grow.
+    let mut headers = HeaderMap::with_capacity(count + 6);
+    // What framing and the connection depend on, noted while the fields go into the map
+    // (comparing a known name is cheap; looking it up again would hash it).
+    let mut tokens = Tokens::default();
+    let mut length: Option<Result<u64, ()>> = None;
+    let mut coding: Option<bool> = None;
+    let mut has_upgrade = false;
+    let mut expect = false;
     for &(name_start, name_len, value_start, value_len) in &spans[..count] {
         let name_range = name_start as usize..(name_start + name_len) as usize;
         let value_range = value_start as usize..(value_start + value_len) as usize;
@@ -143,36 +151,49 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>,
         let Ok(name) = HeaderName::from_bytes(name) else {
             return Err(RequestHeadError::Malformed);
         };
+        if name == CONTENT_LENGTH {
+            length = Some(match (length, parse_length(value)) {
+                (None, Some(n)) => Ok(n),
+                (Some(Ok(seen)), Some(n)) if seen == n => Ok(n),
+                _ => Err(()),
+            });
+        } else if name == TRANSFER_ENCODING {
+            // The final coding of the last field is the message's final coding.
+            if let Some(last) = last_token(value) {
+                coding = Some(last.eq_ignore_ascii_case(b"chunked"));
+            } else if coding.is_none() {
+                coding = Some(false);
+            }
+        } else if name == CONNECTION {
+            tokens.note(value);
+        } else if name == UPGRADE {
+            has_upgrade = true;
+        } else if name == EXPECT {
+            expect = value.eq_ignore_ascii_case(b"100-continue");
+        }
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice_ref(value)) else {
             return Err(RequestHeadError::Malformed);
         };
         headers.append(name, value);
     }
-    let has_length = headers.contains_key(CONTENT_LENGTH);
-    let framing = if headers.contains_key(TRANSFER_ENCODING) {
-        if version == Version::HTTP_10 || !chunked_is_final(&headers) {
-            return Err(RequestHeadError::BadFraming);
+    let framing = match (coding, length) {
+        (Some(chunked), _) => {
+            if version == Version::HTTP_10 || !chunked {
+                return Err(RequestHeadError::BadFraming);
+            }
+            RequestFraming::Chunked
         }
-        RequestFraming::Chunked
-    } else {
-        match content_length(&headers) {
-            Ok(None | Some(0)) => RequestFraming::Empty,
-            Ok(Some(n)) => RequestFraming::Length(n),
-            Err(_) => return Err(RequestHeadError::BadFraming),
-        }
+        (None, None | Some(Ok(0))) => RequestFraming::Empty,
+        (None, Some(Ok(n))) => RequestFraming::Length(n),
+        (None, Some(Err(()))) => return Err(RequestHeadError::BadFraming),
     };
-    let close = has_token(&headers, "close");
     let keep_alive = if version == Version::HTTP_10 {
-        has_token(&headers, "keep-alive") && !close
+        tokens.keep_alive && !tokens.close
     } else {
-        !close
+        !tokens.close
     };
-    let expect_continue = version == Version::HTTP_11
-        && framing != RequestFraming::Empty
-        && headers
-            .get(EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let upgrade = headers.contains_key(UPGRADE) && has_token(&headers, "upgrade");
+    let expect_continue = version == Version::HTTP_11 && framing != RequestFraming::Empty && expect;
+    let upgrade = has_upgrade && tokens.upgrade;
     let mut parts = hyper::Request::new(()).into_parts().0;
     parts.method = method;
     parts.uri = uri;
@@ -184,21 +205,73 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>,
         keep_alive,
         expect_continue,
         upgrade,
-        conflicting: has_length && framing == RequestFraming::Chunked,
+        conflicting: length.is_some() && framing == RequestFraming::Chunked,
     }))
 }
 
-/// Whether the last transfer coding named is `chunked` (anything else leaves the body's
-/// length unknown, which a request may not do).
-fn chunked_is_final(headers: &HeaderMap) -> bool {
-    let last = headers
-        .get_all(TRANSFER_ENCODING)
+/// The tokens of Connection fields that matter to the connection.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Tokens {
+    pub(super) close: bool,
+    pub(super) keep_alive: bool,
+    pub(super) upgrade: bool,
+}
+
+impl Tokens {
+    /// Notes the tokens of one Connection field value.
+    pub(super) fn note(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',').map(trim) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+            }
+        }
+    }
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
         .iter()
-        .map(|v| v.to_str().unwrap_or(""))
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .rfind(|c| !c.is_empty());
-    last.is_some_and(|coding| coding.eq_ignore_ascii_case("chunked"))
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &bytes[start..end.max(start)]
+}
+
+/// The last non-empty token of a comma-separated list.
+fn last_token(value: &[u8]) -> Option<&[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(trim)
+        .rfind(|t| !t.is_empty())
+}
+
+/// A Content-Length value: one number, or a list of equal numbers (RFC 9110 §8.6).
+pub(super) fn parse_length(value: &[u8]) -> Option<u64> {
+    let mut length = None;
+    for item in value.split(|&b| b == b',').map(trim) {
+        if item.is_empty() {
+            return None;
+        }
+        let mut n: u64 = 0;
+        for &b in item {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        }
+        if length.is_some_and(|seen| seen != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
 }
 
 #[cfg(test)]

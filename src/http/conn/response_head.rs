@@ -9,11 +9,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, BytesMut};
 use hyper::body::SizeHint;
-use hyper::header::{DATE, TRANSFER_ENCODING};
+use hyper::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use hyper::http::response::Parts;
 use hyper::StatusCode;
 
-use crate::http::exchange::head::{content_length, has_token};
+use super::request_head::{parse_length, Tokens};
 
 /// How the response body is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,7 @@ pub fn encode(
 ) -> ResponseFraming {
     let status = parts.status;
     let headers = &parts.headers;
+    // The status line and the fields are about 250 bytes for a typical proxied response.
     let reason = status.canonical_reason().unwrap_or("");
     out.reserve(256);
     out.put_slice(b"HTTP/1.1 ");
@@ -58,18 +59,33 @@ pub fn encode(
     out.put_u8(b' ');
     out.put_slice(reason.as_bytes());
     out.put_slice(b"\r\n");
+    // What framing depends on, noted while the fields are written (comparing a known
+    // name is cheap; looking it up again would hash it).
+    let mut tokens = Tokens::default();
+    let mut length = None;
+    let mut coded = false;
+    let mut dated = false;
     for (name, value) in headers {
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
+        if *name == CONTENT_LENGTH {
+            length = parse_length(value.as_bytes());
+        } else if *name == CONNECTION {
+            tokens.note(value.as_bytes());
+        } else if *name == TRANSFER_ENCODING {
+            coded = true;
+        } else if *name == DATE {
+            dated = true;
+        }
     }
     if request.upgrade && status == StatusCode::SWITCHING_PROTOCOLS {
-        put_date(headers, out);
+        put_date(dated, out);
         out.put_slice(b"\r\n");
         return ResponseFraming::NoBody;
     }
-    if has_token(headers, "close") {
+    if tokens.close {
         *keep_alive = false;
     }
     let framing = if status.is_informational()
@@ -78,10 +94,10 @@ pub fn encode(
         || request.head
     {
         ResponseFraming::NoBody
-    } else if headers.contains_key(TRANSFER_ENCODING) && !request.http10 {
+    } else if coded && !request.http10 {
         // A coding the request path left in place (none does today): chunked is last.
         ResponseFraming::Chunked
-    } else if let Ok(Some(n)) = content_length(headers) {
+    } else if let Some(n) = length {
         ResponseFraming::Length(n)
     } else if let Some(n) = size.exact() {
         put_field(out, b"content-length", itoa(n, &mut [0; 20]));
@@ -93,12 +109,12 @@ pub fn encode(
         out.put_slice(b"transfer-encoding: chunked\r\n");
         ResponseFraming::Chunked
     };
-    if !*keep_alive && !has_token(headers, "close") {
+    if !*keep_alive && !tokens.close {
         out.put_slice(b"connection: close\r\n");
-    } else if *keep_alive && request.http10 && !has_token(headers, "keep-alive") {
+    } else if *keep_alive && request.http10 && !tokens.keep_alive {
         out.put_slice(b"connection: keep-alive\r\n");
     }
-    put_date(headers, out);
+    put_date(dated, out);
     out.put_slice(b"\r\n");
     framing
 }
@@ -111,7 +127,7 @@ pub fn refusal(status: u16, out: &mut BytesMut) {
     out.put_u8(b' ');
     out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.put_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n");
-    put_date(&hyper::HeaderMap::new(), out);
+    put_date(false, out);
     out.put_slice(b"\r\n");
 }
 
@@ -122,8 +138,8 @@ fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(b"\r\n");
 }
 
-fn put_date(headers: &hyper::HeaderMap, out: &mut BytesMut) {
-    if headers.contains_key(DATE) {
+fn put_date(dated: bool, out: &mut BytesMut) {
+    if dated {
         return;
     }
     DATE_CACHE.with(|cache| {
