@@ -118,8 +118,9 @@ pub struct ClientIdentity {
 
 #[derive(Debug)]
 struct LastForwarded {
-    /// A copy, never a clone: a clone would share (and keep alive) the buffer hyper read
-    /// the request into, and hyper would then allocate a new one for every request.
+    /// A copy, never a clone: a clone would share (and keep alive) the buffer the request
+    /// head was read into, and the connection would then allocate a new one for every
+    /// request.
     host: Option<HeaderValue>,
     proto: &'static str,
     value: HeaderValue,

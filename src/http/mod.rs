@@ -97,8 +97,8 @@ fn conn_info(
     })
 }
 
-/// Counts what a connection's end says about a request tollgate did not route: hyper's
-/// own 400/431 answers and heads that never completed (closed; counted as 408).
+/// Counts what a connection's end says about a request tollgate did not route: the
+/// connection's own 400/414/431 answers to a bad head and heads that never completed (closed; counted as 408).
 fn count_end(end: ConnEnd, table: Option<&RouteTable>, listener: &ListenerRuntime) {
     let status = match end {
         ConnEnd::RequestLimit => {
@@ -198,8 +198,7 @@ pub async fn serve_plain(
         return;
     };
     let _active = listener.counters.open(Mode::Http);
-    // hyper allocates its read and write buffers (8 KiB each) as soon as it owns the
-    // connection: an idle client that has sent nothing yet costs only the socket and this
+    // The connection allocates its read buffer (8 KiB) at its first read: an idle client that has sent nothing yet costs only the socket and this
     // task until its first byte (bounded by client_idle, like any idle connection).
     // (`readable()` may wake without data on a fresh socket; a one-byte MSG_PEEK waits for
     // a real byte and consumes nothing.)

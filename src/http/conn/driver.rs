@@ -50,6 +50,9 @@ pub(super) enum DriveEnd {
 enum Next {
     KeepAlive,
     Close,
+    /// The response was cut (a body that failed or overran its length): the connection
+    /// is dropped without a TLS close_notify, so a client reading to the close can tell.
+    Abort,
     ClientGone,
     Upgrade(UpgradeSender),
 }
@@ -390,7 +393,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Driver<S> {
                     self.shutdown().await;
                     return Ok(DriveEnd::Closed);
                 }
-                Next::ClientGone => return Ok(DriveEnd::Closed),
+                Next::ClientGone | Next::Abort => return Ok(DriveEnd::Closed),
                 Next::Upgrade(sender) => {
                     let ConnIo {
                         stream, read_buf, ..
@@ -503,7 +506,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Driver<S> {
             return Ok(Next::ClientGone);
         }
         if writer.broken {
-            keep_alive = false;
+            return Ok(Next::Abort);
         }
         if let Some(feed) = feed.as_mut() {
             // A body the request path did not read: skipped if it is all here already.

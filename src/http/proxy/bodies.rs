@@ -1,7 +1,7 @@
 //! The bodies the request path wraps around a request or a response: `LimitedBody` cuts a
 //! request body at `limits.max_request_body_bytes`; `TrackedBody` ties the in-flight
 //! count and the pending access-log line to a response body, and passes a failure on only
-//! after hyper flushed what arrived.
+//! after the connection flushed what arrived.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,7 +50,7 @@ impl Body for LimitedBody {
             if let Some(data) = frame.data_ref() {
                 let len = data.len() as u64;
                 if len > self.left {
-                    // The error aborts the backend exchange (hyper drops the connection);
+                    // The error aborts the backend exchange (the connection is dropped);
                     // the token tells the proxy to answer 413 if no response came yet.
                     self.tripped.cancel();
                     return std::task::Poll::Ready(Some(Err(BodyOverLimit.into())));
@@ -107,7 +107,7 @@ impl Drop for PendingLog {
 }
 
 /// Ties the in-flight count (and the access-log line) to the response body: both end
-/// when hyper drops the body.
+/// when the client connection drops the body (written, or abandoned).
 pub(super) fn track(
     response: Response<ProxyBody>,
     in_flight: InFlight,
@@ -150,9 +150,9 @@ impl Body for TrackedBody {
                 }
             }
             std::task::Poll::Ready(Some(Err(err))) => {
-                // A body that fails (a backend cut mid-body) ends the connection, and
-                // hyper drops what it has not written yet. Pending first lets hyper
-                // flush the head and the bytes that did arrive, as HAProxy and nginx
+                // A body that fails (a backend cut mid-body) ends the connection. Pending
+                // first lets the connection flush the head and the bytes that did arrive
+                // (`conn/driver.rs` also flushes before closing on an error), as HAProxy and nginx
                 // pass on a truncated response before cutting the connection. This is
                 // the outermost body: a wrapper (the compressor turns every pending
                 // read into output) cannot swallow the pause.
