@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::request_body::{self, BodyFeed, FeedStep, RequestBody};
 use super::request_head::{self, RequestHead, RequestHeadError};
 use super::response_head::{self, RequestFacts, ResponseFraming};
-use super::upgrade::{self, UpgradeSender, Upgraded};
+use super::upgrade::{self, UpgradeSender};
 use super::{ConnActivity, ConnLimits};
 use crate::http::client::ProxyBody;
 
@@ -398,7 +398,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Driver<S> {
                     let ConnIo {
                         stream, read_buf, ..
                     } = self.io;
-                    let _ = sender.send(Upgraded::new(Box::new(stream), read_buf.freeze()));
+                    let _ = sender.send(upgrade::upgraded(Box::new(stream), read_buf.freeze()));
                     return Ok(DriveEnd::Upgraded);
                 }
             }

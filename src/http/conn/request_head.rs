@@ -10,6 +10,8 @@ use hyper::header::{
 };
 use hyper::{HeaderMap, Method, Uri, Version};
 
+use crate::http::headers::parse_content_length;
+
 /// Most request header fields accepted (hyper's default; 431 above it).
 pub const MAX_FIELDS: usize = 100;
 
@@ -152,7 +154,7 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>,
             return Err(RequestHeadError::Malformed);
         };
         if name == CONTENT_LENGTH {
-            length = Some(match (length, parse_length(value)) {
+            length = Some(match (length, parse_content_length(value)) {
                 (None, Some(n)) => Ok(n),
                 (Some(Ok(seen)), Some(n)) if seen == n => Ok(n),
                 _ => Err(()),
@@ -220,7 +222,7 @@ pub(super) struct Tokens {
 impl Tokens {
     /// Notes the tokens of one Connection field value.
     pub(super) fn note(&mut self, value: &[u8]) {
-        for token in value.split(|&b| b == b',').map(trim) {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             if token.eq_ignore_ascii_case(b"close") {
                 self.close = true;
             } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -232,46 +234,12 @@ impl Tokens {
     }
 }
 
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |i| i + 1);
-    &bytes[start..end.max(start)]
-}
-
 /// The last non-empty token of a comma-separated list.
 fn last_token(value: &[u8]) -> Option<&[u8]> {
     value
         .split(|&b| b == b',')
-        .map(trim)
+        .map(<[u8]>::trim_ascii)
         .rfind(|t| !t.is_empty())
-}
-
-/// A Content-Length value: one number, or a list of equal numbers (RFC 9110 §8.6).
-pub(super) fn parse_length(value: &[u8]) -> Option<u64> {
-    let mut length = None;
-    for item in value.split(|&b| b == b',').map(trim) {
-        if item.is_empty() {
-            return None;
-        }
-        let mut n: u64 = 0;
-        for &b in item {
-            if !b.is_ascii_digit() {
-                return None;
-            }
-            n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-        }
-        if length.is_some_and(|seen| seen != n) {
-            return None;
-        }
-        length = Some(n);
-    }
-    length
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@ use hyper::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use hyper::http::response::Parts;
 use hyper::StatusCode;
 
-use super::request_head::{parse_length, Tokens};
+use super::request_head::Tokens;
+use crate::http::headers::parse_content_length;
 
 /// How the response body is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +72,7 @@ pub fn encode(
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
         if *name == CONTENT_LENGTH {
-            length = parse_length(value.as_bytes());
+            length = parse_content_length(value.as_bytes());
         } else if *name == CONNECTION {
             tokens.note(value.as_bytes());
         } else if *name == TRANSFER_ENCODING {

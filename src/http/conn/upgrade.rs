@@ -3,13 +3,10 @@
 //! is written the connection sends its socket and the bytes it read past the request
 //! through it as an [`Upgraded`] stream.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
 use crate::tls::peek::ReplayStream;
@@ -20,49 +17,11 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> ClientIo for T {}
 
 /// The client's side of an upgraded connection: the bytes read past the request first,
 /// then the socket.
-pub struct Upgraded {
-    inner: ReplayStream<Box<dyn ClientIo>>,
-}
+pub type Upgraded = ReplayStream<Box<dyn ClientIo>>;
 
-impl std::fmt::Debug for Upgraded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Upgraded")
-    }
-}
-
-impl Upgraded {
-    /// `stream` after `read` (bytes already read from it).
-    pub fn new(stream: Box<dyn ClientIo>, read: Bytes) -> Self {
-        Upgraded {
-            inner: ReplayStream::new(read.to_vec(), stream),
-        }
-    }
-}
-
-impl AsyncRead for Upgraded {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+/// `stream` after `read` (bytes already read from it) as an upgraded stream.
+pub fn upgraded(stream: Box<dyn ClientIo>, read: Bytes) -> Upgraded {
+    ReplayStream::new(read.to_vec(), stream)
 }
 
 /// The connection did not hand itself over (no 101 was written, or it failed first).
@@ -72,8 +31,14 @@ pub struct NotUpgraded;
 
 /// Resolves to the upgraded client stream once the 101 head is written. Lives in the
 /// extensions of an upgrade request (which must be `Clone`; only one holder takes it).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OnUpgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
+
+impl std::fmt::Debug for OnUpgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnUpgrade")
+    }
+}
 
 impl OnUpgrade {
     /// Waits for the hand-over.

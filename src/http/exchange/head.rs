@@ -176,33 +176,23 @@ fn framing(
     })
 }
 
-/// The Content-Length of `headers`: `Ok(None)` without one, `Err` when its values are not
-/// one number (a list of equal numbers counts as one, RFC 9110 §8.6).
-pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
+/// The Content-Length of `headers`: `Ok(None)` without one, an error when its values are
+/// not one number (a list of equal numbers counts as one).
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        let Ok(text) = value.to_str() else {
+        let n = crate::http::headers::parse_content_length(value.as_bytes())
+            .ok_or(HeadError::BadContentLength)?;
+        if length.is_some_and(|seen| seen != n) {
             return Err(HeadError::BadContentLength);
-        };
-        for item in text.split(',') {
-            let item = item.trim();
-            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(HeadError::BadContentLength);
-            }
-            let Ok(n) = item.parse::<u64>() else {
-                return Err(HeadError::BadContentLength);
-            };
-            if length.is_some_and(|seen| seen != n) {
-                return Err(HeadError::BadContentLength);
-            }
-            length = Some(n);
         }
+        length = Some(n);
     }
     Ok(length)
 }
 
 /// Whether a Connection field of `headers` names `token`.
-pub fn has_token(headers: &HeaderMap, token: &str) -> bool {
+fn has_token(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(CONNECTION)
         .iter()
