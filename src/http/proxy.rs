@@ -248,12 +248,13 @@ async fn forward(
         (Target::Pool(client), Some(cache)) => {
             let fetched = std::sync::atomic::AtomicBool::new(false);
             let served_ref = &mut served;
-            let response = cache
-                .serve(request, cx.proto, |request| {
-                    fetched.store(true, std::sync::atomic::Ordering::Relaxed);
-                    to_pool(request, rule, client, cx, started, body_limit, served_ref)
-                })
-                .await;
+            // Boxed: the cache's future is the largest branch, and without the box every
+            // request's future (and each move of it) would be that large.
+            let response = Box::pin(cache.serve(request, cx.proto, |request| {
+                fetched.store(true, std::sync::atomic::Ordering::Relaxed);
+                to_pool(request, rule, client, cx, started, body_limit, served_ref)
+            }))
+            .await;
             if !fetched.load(std::sync::atomic::Ordering::Relaxed) {
                 // Answered from memory (a hit, or a collapsed miss served what the first
                 // one stored): counted like any answer of the rule.
