@@ -188,7 +188,7 @@ impl PoolClient {
                 };
                 // A reused connection failing says little about the backend: a new
                 // connection to it comes first. A fresh one failing: the next backend.
-                let others: Vec<usize> =
+                let others: crate::upstream::balance::Candidates =
                     candidates.iter().copied().filter(|&i| i != tried).collect();
                 let order = if reused || others.is_empty() {
                     &candidates

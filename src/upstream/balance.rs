@@ -11,6 +11,10 @@ use std::sync::{Arc, Mutex};
 use super::pool::Backend;
 use crate::config::Balance;
 
+/// The backends one connection tries, best first. Up to 8 stay inline: no allocation
+/// per request for the usual pool.
+pub type Candidates = smallvec::SmallVec<[usize; 8]>;
+
 /// Orders candidates for one connection.
 pub trait Balancer: Send + Sync + std::fmt::Debug {
     /// Pushes the indexes of `backends` to try, best first, into `out` (cleared first).
@@ -20,7 +24,7 @@ pub trait Balancer: Send + Sync + std::fmt::Debug {
         backends: &[Arc<Backend>],
         eligible: &dyn Fn(usize) -> bool,
         client: Option<SocketAddr>,
-        out: &mut Vec<usize>,
+        out: &mut Candidates,
     );
 }
 
@@ -37,7 +41,7 @@ pub fn for_algorithm(algorithm: Balance, backends: usize) -> Box<dyn Balancer> {
 
 /// Every eligible backend, starting at the next position of `next` and wrapping around:
 /// the rotation round robin uses, and least_conn's tie order.
-fn rotated(next: &AtomicUsize, n: usize, eligible: &dyn Fn(usize) -> bool, out: &mut Vec<usize>) {
+fn rotated(next: &AtomicUsize, n: usize, eligible: &dyn Fn(usize) -> bool, out: &mut Candidates) {
     out.clear();
     if n == 0 {
         return;
@@ -47,7 +51,7 @@ fn rotated(next: &AtomicUsize, n: usize, eligible: &dyn Fn(usize) -> bool, out: 
 }
 
 /// Appends the eligible backends after `first`, wrapping around, skipping `first`.
-fn rest_in_ring(n: usize, first: usize, eligible: &dyn Fn(usize) -> bool, out: &mut Vec<usize>) {
+fn rest_in_ring(n: usize, first: usize, eligible: &dyn Fn(usize) -> bool, out: &mut Candidates) {
     out.extend((1..n).map(|i| (first + i) % n).filter(|&i| eligible(i)));
 }
 
@@ -63,7 +67,7 @@ impl Balancer for RoundRobin {
         backends: &[Arc<Backend>],
         eligible: &dyn Fn(usize) -> bool,
         _: Option<SocketAddr>,
-        out: &mut Vec<usize>,
+        out: &mut Candidates,
     ) {
         rotated(&self.next, backends.len(), eligible, out);
     }
@@ -92,7 +96,7 @@ impl Balancer for SmoothWeighted {
         backends: &[Arc<Backend>],
         eligible: &dyn Fn(usize) -> bool,
         _: Option<SocketAddr>,
-        out: &mut Vec<usize>,
+        out: &mut Candidates,
     ) {
         out.clear();
         let n = backends.len();
@@ -138,7 +142,7 @@ impl Balancer for LeastConn {
         backends: &[Arc<Backend>],
         eligible: &dyn Fn(usize) -> bool,
         _: Option<SocketAddr>,
-        out: &mut Vec<usize>,
+        out: &mut Candidates,
     ) {
         rotated(&self.next, backends.len(), eligible, out);
         // Stable sort keeps the rotated order among equals: ties go round robin.
@@ -157,7 +161,7 @@ impl Balancer for PowerOfTwo {
         backends: &[Arc<Backend>],
         eligible: &dyn Fn(usize) -> bool,
         _: Option<SocketAddr>,
-        out: &mut Vec<usize>,
+        out: &mut Candidates,
     ) {
         out.clear();
         let n = backends.len();
@@ -214,7 +218,7 @@ impl Balancer for SourceHash {
         backends: &[Arc<Backend>],
         eligible: &dyn Fn(usize) -> bool,
         client: Option<SocketAddr>,
-        out: &mut Vec<usize>,
+        out: &mut Candidates,
     ) {
         out.clear();
         let key = client.map(|c| ip_bytes(c.ip())).unwrap_or_default();
@@ -259,9 +263,9 @@ mod tests {
     }
 
     fn pick(b: &dyn Balancer, backends: &[Arc<Backend>], client: Option<SocketAddr>) -> Vec<usize> {
-        let mut out = Vec::new();
+        let mut out = Candidates::new();
         b.candidates(backends, &|i| backends[i].accepts_new(), client, &mut out);
-        out
+        out.to_vec()
     }
 
     #[test]

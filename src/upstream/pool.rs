@@ -330,8 +330,8 @@ impl Pool {
 
     /// The backends to try for one connection, best first. Only up backends with a
     /// weight above 0; with `fail_open` and none up, every backend with a weight.
-    pub fn candidates(&self, client: Option<SocketAddr>) -> Vec<usize> {
-        let mut out = Vec::with_capacity(self.backends.len());
+    pub fn candidates(&self, client: Option<SocketAddr>) -> super::balance::Candidates {
+        let mut out = super::balance::Candidates::new();
         let any_up = self.backends.iter().any(|b| b.accepts_new());
         if any_up || !self.spec.fail_open {
             self.balancer.candidates(

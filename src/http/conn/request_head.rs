@@ -10,7 +10,7 @@ use hyper::header::{
 };
 use hyper::{HeaderMap, Method, Uri, Version};
 
-use crate::http::headers::parse_content_length;
+use crate::http::headers::{parse_content_length, FieldSpans};
 
 /// Most request header fields accepted (hyper's default; 431 above it).
 pub const MAX_FIELDS: usize = 100;
@@ -113,16 +113,19 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>,
     // `max_head`, far below 4 GiB, so offsets fit.
     let base = buf.as_ptr() as usize;
     let target_span = (target.as_ptr() as usize - base, target.len());
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
     let count = request.headers.len();
-    for (span, field) in spans.iter_mut().zip(request.headers.iter()) {
-        *span = (
-            (field.name.as_ptr() as usize - base) as u32,
-            field.name.len() as u32,
-            (field.value.as_ptr() as usize - base) as u32,
-            field.value.len() as u32,
-        );
-    }
+    let spans: FieldSpans = request
+        .headers
+        .iter()
+        .map(|field| {
+            (
+                (field.name.as_ptr() as usize - base) as u32,
+                field.name.len() as u32,
+                (field.value.as_ptr() as usize - base) as u32,
+                field.value.len() as u32,
+            )
+        })
+        .collect();
     let head: Bytes = buf.split_to(used).freeze();
     let Some(target) = head.get(target_span.0..target_span.0 + target_span.1) else {
         return Err(RequestHeadError::Malformed);
@@ -144,7 +147,7 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>,
     let mut coding: Option<bool> = None;
     let mut has_upgrade = false;
     let mut expect = false;
-    for &(name_start, name_len, value_start, value_len) in &spans[..count] {
+    for &(name_start, name_len, value_start, value_len) in &spans {
         let name_range = name_start as usize..(name_start + name_len) as usize;
         let value_range = value_start as usize..(value_start + value_len) as usize;
         let (Some(name), Some(value)) = (head.get(name_range), head.get(value_range)) else {

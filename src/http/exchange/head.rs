@@ -86,22 +86,23 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>
     // Where each field's name and value sit in the head, to slice them out of one frozen
     // buffer (on the stack: no allocation per response).
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
     let count = response.headers.len();
-    for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
-        let name_start = field.name.as_ptr() as usize - base;
-        let value_start = field.value.as_ptr() as usize - base;
-        // The head is at most MAX_HEAD_BYTES (64 KiB), so offsets fit.
-        *span = (
-            name_start as u32,
-            field.name.len() as u32,
-            value_start as u32,
-            field.value.len() as u32,
-        );
-    }
+    // The head is at most MAX_HEAD_BYTES (64 KiB), so offsets fit.
+    let spans: crate::http::headers::FieldSpans = response
+        .headers
+        .iter()
+        .map(|field| {
+            (
+                (field.name.as_ptr() as usize - base) as u32,
+                field.name.len() as u32,
+                (field.value.as_ptr() as usize - base) as u32,
+                field.value.len() as u32,
+            )
+        })
+        .collect();
     let head: Bytes = buf.split_to(used).freeze();
     let mut headers = HeaderMap::with_capacity(count);
-    for &(name_start, name_len, value_start, value_len) in &spans[..count] {
+    for &(name_start, name_len, value_start, value_len) in &spans {
         let name_range = name_start as usize..name_start as usize + name_len as usize;
         let Some(name_bytes) = head.get(name_range) else {
             return Err(HeadError::BadField);
