@@ -272,11 +272,13 @@ impl PoolClient {
             });
         }
         let keep = reusable && head.keep_alive && answer.unsent.is_none();
-        let expires = self.expiry(&head.parts.headers);
+        // Only a connection that may be reused needs its idle deadline (the Keep-Alive
+        // field is looked up by name).
+        let expires = keep.then(|| self.expiry(&head.parts.headers));
         let client = Arc::clone(self);
         // The guard counts the connection as busy until its response body ends.
         let on_end = Box::new(move |done: Option<BackendConn>| {
-            if let Some(conn) = done {
+            if let (Some(conn), Some(expires)) = (done, expires) {
                 client.give_back(index, IdleConn { conn, expires });
             }
             drop(guard);

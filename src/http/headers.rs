@@ -58,6 +58,37 @@ pub fn has_conflicting_framing(headers: &HeaderMap) -> bool {
     false
 }
 
+/// The tokens of Connection fields that matter to the connection.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tokens {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub upgrade: bool,
+}
+
+impl Tokens {
+    /// Notes the tokens of one Connection field value.
+    pub fn note(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+            }
+        }
+    }
+}
+
+/// The last non-empty token of a comma-separated list.
+pub fn last_token(value: &[u8]) -> Option<&[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .rfind(|t| !t.is_empty())
+}
+
 /// A Content-Length value: one number, or a list of equal numbers (RFC 9110 §8.6).
 pub fn parse_content_length(value: &[u8]) -> Option<u64> {
     let mut length = None;

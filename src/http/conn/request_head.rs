@@ -10,7 +10,7 @@ use hyper::header::{
 };
 use hyper::{HeaderMap, Method, Uri, Version};
 
-use crate::http::headers::{parse_content_length, FieldSpans};
+use crate::http::headers::{last_token, parse_content_length, FieldSpans, Tokens};
 
 /// Most request header fields accepted (hyper's default; 431 above it).
 pub const MAX_FIELDS: usize = 100;
@@ -212,37 +212,6 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>,
         upgrade,
         conflicting: length.is_some() && framing == RequestFraming::Chunked,
     }))
-}
-
-/// The tokens of Connection fields that matter to the connection.
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Tokens {
-    pub(super) close: bool,
-    pub(super) keep_alive: bool,
-    pub(super) upgrade: bool,
-}
-
-impl Tokens {
-    /// Notes the tokens of one Connection field value.
-    pub(super) fn note(&mut self, value: &[u8]) {
-        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-            if token.eq_ignore_ascii_case(b"close") {
-                self.close = true;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                self.keep_alive = true;
-            } else if token.eq_ignore_ascii_case(b"upgrade") {
-                self.upgrade = true;
-            }
-        }
-    }
-}
-
-/// The last non-empty token of a comma-separated list.
-fn last_token(value: &[u8]) -> Option<&[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .rfind(|t| !t.is_empty())
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use hyper::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use hyper::http::response::Parts;
 use hyper::StatusCode;
 
-use super::request_head::Tokens;
 use crate::http::headers::parse_content_length;
+use crate::http::headers::Tokens;
 
 /// How the response body is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,6 +7,8 @@ use bytes::{Bytes, BytesMut};
 use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::{HeaderMap, Method, StatusCode, Version};
 
+use crate::http::headers::{last_token, parse_content_length, Tokens};
+
 /// Largest response head accepted from a backend.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most response header fields accepted from a backend (hyper's default).
@@ -102,6 +104,11 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>
         .collect();
     let head: Bytes = buf.split_to(used).freeze();
     let mut headers = HeaderMap::with_capacity(count);
+    // What framing and keep-alive depend on, noted while the fields go into the map
+    // (comparing a known name is cheap; looking it up again would hash it).
+    let mut tokens = Tokens::default();
+    let mut length: Option<Result<u64, ()>> = None;
+    let mut coding: Option<bool> = None;
     for &(name_start, name_len, value_start, value_len) in &spans {
         let name_range = name_start as usize..name_start as usize + name_len as usize;
         let Some(name_bytes) = head.get(name_range) else {
@@ -111,8 +118,24 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>
             return Err(HeadError::BadField);
         };
         let value_range = value_start as usize..value_start as usize + value_len as usize;
-        if value_range.end > head.len() {
+        let Some(raw) = head.get(value_range.clone()) else {
             return Err(HeadError::BadField);
+        };
+        if name == CONTENT_LENGTH {
+            length = Some(match (length, parse_content_length(raw)) {
+                (None, Some(n)) => Ok(n),
+                (Some(Ok(seen)), Some(n)) if seen == n => Ok(n),
+                _ => Err(()),
+            });
+        } else if name == TRANSFER_ENCODING {
+            // The final coding of the last field is the message's final coding.
+            if let Some(last) = last_token(raw) {
+                coding = Some(last.eq_ignore_ascii_case(b"chunked"));
+            } else if coding.is_none() {
+                coding = Some(false);
+            }
+        } else if name == CONNECTION {
+            tokens.note(raw);
         }
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice(value_range)) else {
             return Err(HeadError::BadField);
@@ -122,15 +145,14 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>
     let Ok(status) = StatusCode::from_u16(code) else {
         return Err(HeadError::Malformed(httparse::Error::Status));
     };
-    let framing = framing(method, status, &headers)?;
-    let close = has_token(&headers, "close");
+    let framing = framing(method, status, coding, length)?;
     let keep_alive = match framing {
         BodyFraming::UntilClose => false,
-        _ if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) => {
-            false
-        }
-        _ if version == Version::HTTP_10 => has_token(&headers, "keep-alive") && !close,
-        _ => !close,
+        // Both framings at once: the response is read as chunked, the connection not
+        // trusted again.
+        _ if coding.is_some() && length.is_some() => false,
+        _ if version == Version::HTTP_10 => tokens.keep_alive && !tokens.close,
+        _ => !tokens.close,
     } && status != StatusCode::SWITCHING_PROTOCOLS;
     let mut parts = hyper::Response::new(()).into_parts().0;
     parts.status = status;
@@ -143,10 +165,14 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>
     }))
 }
 
+/// The response's body framing (RFC 9112 §6.3) from what the parse noted: `coding` is
+/// `Some(chunked?)` when a Transfer-Encoding field was present, `length` the
+/// Content-Length (an error when its values are not one number).
 fn framing(
     method: &Method,
     status: StatusCode,
-    headers: &HeaderMap,
+    coding: Option<bool>,
+    length: Option<Result<u64, ()>>,
 ) -> Result<BodyFraming, HeadError> {
     if *method == Method::HEAD
         || status.is_informational()
@@ -155,51 +181,20 @@ fn framing(
     {
         return Ok(BodyFraming::Empty);
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
-        // Chunked only when it is the final coding; anything else runs to the close.
-        let last = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|c| !c.is_empty());
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => BodyFraming::Chunked,
-            _ => BodyFraming::UntilClose,
+    // Chunked only when it is the final coding; anything else runs to the close.
+    if let Some(chunked) = coding {
+        return Ok(if chunked {
+            BodyFraming::Chunked
+        } else {
+            BodyFraming::UntilClose
         });
     }
-    let length = content_length(headers)?;
     Ok(match length {
-        Some(0) => BodyFraming::Empty,
-        Some(n) => BodyFraming::Length(n),
         None => BodyFraming::UntilClose,
+        Some(Err(())) => return Err(HeadError::BadContentLength),
+        Some(Ok(0)) => BodyFraming::Empty,
+        Some(Ok(n)) => BodyFraming::Length(n),
     })
-}
-
-/// The Content-Length of `headers`: `Ok(None)` without one, an error when its values are
-/// not one number (a list of equal numbers counts as one).
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let n = crate::http::headers::parse_content_length(value.as_bytes())
-            .ok_or(HeadError::BadContentLength)?;
-        if length.is_some_and(|seen| seen != n) {
-            return Err(HeadError::BadContentLength);
-        }
-        length = Some(n);
-    }
-    Ok(length)
-}
-
-/// Whether a Connection field of `headers` names `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]
@@ -303,6 +298,40 @@ mod tests {
                 BodyFraming::Empty,
                 false,
             ),
+            // Equal lengths in two fields are one length.
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+                Method::GET,
+                BodyFraming::Length(5),
+                true,
+            ),
+            // The final coding of the last Transfer-Encoding field decides.
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+                Method::GET,
+                BodyFraming::UntilClose,
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Method::GET,
+                BodyFraming::Chunked,
+                true,
+            ),
+            // No body follows a HEAD answer, whatever its Content-Length says.
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+                Method::HEAD,
+                BodyFraming::Empty,
+                true,
+            ),
+            // Connection tokens are matched without regard to case, in any field.
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: x-foo\r\nConnection: CLOSE\r\n\r\n",
+                Method::GET,
+                BodyFraming::Length(1),
+                false,
+            ),
         ];
         for (input, method, framing, keep) in cases {
             let (head, _) = parse_all(input, method).unwrap().unwrap();
@@ -316,6 +345,7 @@ mod tests {
     fn refuses_bad_heads() {
         for input in [
             &b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
         ] {
