@@ -140,10 +140,13 @@ impl PoolClient {
         self.mode
     }
 
-    /// Sends `request` to a backend and waits for the response head.
+    /// Sends `request` to a backend and waits for the response head. `upgrade`: the
+    /// request asks for a protocol upgrade (`Connection: upgrade` with `Upgrade`, as the
+    /// client connection's parser found), so it gets a connection of its own.
     pub async fn send(
         self: &Arc<Self>,
         request: Request<ProxyBody>,
+        upgrade: bool,
         client: std::net::SocketAddr,
         connect_timeout: Duration,
         response_timeout: Duration,
@@ -158,7 +161,6 @@ impl PoolClient {
             }
             .into());
         };
-        let upgrade = super::headers::is_upgrade_request(request.headers());
         let idle = if pooled && !upgrade {
             self.take_idle(first)
         } else {

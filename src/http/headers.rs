@@ -138,17 +138,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         None
     };
     // Headers `Connection` names beyond the hop-by-hop ones removed below (rare:
-    // `Connection: keep-alive` or `close` name nothing else).
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .map(str::trim)
-        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|name| !is_hop_by_hop(name))
-        .collect();
+    // `Connection: keep-alive` or `close` name nothing else, and nothing is built then).
+    let mut named: smallvec::SmallVec<[HeaderName; 2]> = smallvec::SmallVec::new();
+    for value in headers.get_all(CONNECTION) {
+        for token in value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+        {
+            if token.is_empty()
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"keep-alive")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                if !is_hop_by_hop(&name) {
+                    named.push(name);
+                }
+            }
+        }
+    }
     for name in named {
         headers.remove(&name);
     }
@@ -431,6 +441,20 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn every_connection_field_and_token_counts() {
+        let mut h = map(&[
+            ("connection", "Close"),
+            ("connection", " X-A ,, x-b "),
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("x-c", "3"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-c"));
     }
 
     #[test]

@@ -332,6 +332,7 @@ async fn to_pool(
 
     let send = client.send(
         backend_request,
+        upgrade,
         cx.peer,
         cx.timeouts.connect,
         cx.timeouts.backend_response,
