@@ -82,11 +82,49 @@ impl Tokens {
 }
 
 /// The last non-empty token of a comma-separated list.
-pub fn last_token(value: &[u8]) -> Option<&[u8]> {
+fn last_token(value: &[u8]) -> Option<&[u8]> {
     value
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
         .rfind(|t| !t.is_empty())
+}
+
+/// What a message's framing and connection depend on, noted while its head's fields go
+/// into a map (comparing a known name is cheap; looking the field up again would hash it).
+/// Shared by the client's request head and the backend's response head.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FramingFields {
+    /// The Content-Length: `Err` when its values are not one number.
+    pub length: Option<Result<u64, ()>>,
+    /// A Transfer-Encoding was present: whether its final coding is chunked.
+    pub coding: Option<bool>,
+    /// The tokens of the Connection fields.
+    pub tokens: Tokens,
+}
+
+impl FramingFields {
+    /// Notes the field `name: value`; `false` when `name` is none of the three.
+    pub fn note(&mut self, name: &HeaderName, value: &[u8]) -> bool {
+        if *name == CONTENT_LENGTH {
+            self.length = Some(match (self.length, parse_content_length(value)) {
+                (None, Some(n)) => Ok(n),
+                (Some(Ok(seen)), Some(n)) if seen == n => Ok(n),
+                _ => Err(()),
+            });
+        } else if *name == TRANSFER_ENCODING {
+            // The final coding of the last field is the message's final coding.
+            if let Some(last) = last_token(value) {
+                self.coding = Some(last.eq_ignore_ascii_case(b"chunked"));
+            } else if self.coding.is_none() {
+                self.coding = Some(false);
+            }
+        } else if *name == CONNECTION {
+            self.tokens.note(value);
+        } else {
+            return false;
+        }
+        true
+    }
 }
 
 /// A Content-Length value: one number, or a list of equal numbers (RFC 9110 §8.6).

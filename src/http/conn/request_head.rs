@@ -5,12 +5,10 @@
 //! values and the target share one buffer with the head instead of being copied.
 
 use bytes::{Bytes, BytesMut};
-use hyper::header::{
-    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE,
-};
+use hyper::header::{HeaderName, HeaderValue, EXPECT, UPGRADE};
 use hyper::{HeaderMap, Method, Uri, Version};
 
-use crate::http::headers::{last_token, parse_content_length, FieldSpans, Tokens};
+use crate::http::headers::{FieldSpans, FramingFields};
 
 /// Most request header fields accepted (hyper's default; 431 above it).
 pub const MAX_FIELDS: usize = 100;
@@ -140,11 +138,8 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>,
     };
     // Room for the forwarding fields the request path adds, so the map does not grow.
     let mut headers = HeaderMap::with_capacity(count + 6);
-    // What framing and the connection depend on, noted while the fields go into the map
-    // (comparing a known name is cheap; looking it up again would hash it).
-    let mut tokens = Tokens::default();
-    let mut length: Option<Result<u64, ()>> = None;
-    let mut coding: Option<bool> = None;
+    // What framing and the connection depend on, noted while the fields go into the map.
+    let mut fields = FramingFields::default();
     let mut has_upgrade = false;
     let mut expect = false;
     for &(name_start, name_len, value_start, value_len) in &spans {
@@ -156,31 +151,23 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>,
         let Ok(name) = HeaderName::from_bytes(name) else {
             return Err(RequestHeadError::Malformed);
         };
-        if name == CONTENT_LENGTH {
-            length = Some(match (length, parse_content_length(value)) {
-                (None, Some(n)) => Ok(n),
-                (Some(Ok(seen)), Some(n)) if seen == n => Ok(n),
-                _ => Err(()),
-            });
-        } else if name == TRANSFER_ENCODING {
-            // The final coding of the last field is the message's final coding.
-            if let Some(last) = last_token(value) {
-                coding = Some(last.eq_ignore_ascii_case(b"chunked"));
-            } else if coding.is_none() {
-                coding = Some(false);
+        if !fields.note(&name, value) {
+            if name == UPGRADE {
+                has_upgrade = true;
+            } else if name == EXPECT {
+                expect = value.eq_ignore_ascii_case(b"100-continue");
             }
-        } else if name == CONNECTION {
-            tokens.note(value);
-        } else if name == UPGRADE {
-            has_upgrade = true;
-        } else if name == EXPECT {
-            expect = value.eq_ignore_ascii_case(b"100-continue");
         }
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice_ref(value)) else {
             return Err(RequestHeadError::Malformed);
         };
         headers.append(name, value);
     }
+    let FramingFields {
+        length,
+        coding,
+        tokens,
+    } = fields;
     let framing = match (coding, length) {
         (Some(chunked), _) => {
             if version == Version::HTTP_10 || !chunked {

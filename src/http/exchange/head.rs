@@ -4,10 +4,10 @@
 //! instead of being copied one by one.
 
 use bytes::{Bytes, BytesMut};
-use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{HeaderMap, Method, StatusCode, Version};
 
-use crate::http::headers::{last_token, parse_content_length, Tokens};
+use crate::http::headers::FramingFields;
 
 /// Largest response head accepted from a backend.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -104,11 +104,8 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>
         .collect();
     let head: Bytes = buf.split_to(used).freeze();
     let mut headers = HeaderMap::with_capacity(count);
-    // What framing and keep-alive depend on, noted while the fields go into the map
-    // (comparing a known name is cheap; looking it up again would hash it).
-    let mut tokens = Tokens::default();
-    let mut length: Option<Result<u64, ()>> = None;
-    let mut coding: Option<bool> = None;
+    // What framing and keep-alive depend on, noted while the fields go into the map.
+    let mut fields = FramingFields::default();
     for &(name_start, name_len, value_start, value_len) in &spans {
         let name_range = name_start as usize..name_start as usize + name_len as usize;
         let Some(name_bytes) = head.get(name_range) else {
@@ -121,22 +118,7 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>
         let Some(raw) = head.get(value_range.clone()) else {
             return Err(HeadError::BadField);
         };
-        if name == CONTENT_LENGTH {
-            length = Some(match (length, parse_content_length(raw)) {
-                (None, Some(n)) => Ok(n),
-                (Some(Ok(seen)), Some(n)) if seen == n => Ok(n),
-                _ => Err(()),
-            });
-        } else if name == TRANSFER_ENCODING {
-            // The final coding of the last field is the message's final coding.
-            if let Some(last) = last_token(raw) {
-                coding = Some(last.eq_ignore_ascii_case(b"chunked"));
-            } else if coding.is_none() {
-                coding = Some(false);
-            }
-        } else if name == CONNECTION {
-            tokens.note(raw);
-        }
+        fields.note(&name, raw);
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice(value_range)) else {
             return Err(HeadError::BadField);
         };
@@ -145,6 +127,11 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>
     let Ok(status) = StatusCode::from_u16(code) else {
         return Err(HeadError::Malformed(httparse::Error::Status));
     };
+    let FramingFields {
+        length,
+        coding,
+        tokens,
+    } = fields;
     let framing = framing(method, status, coding, length)?;
     let keep_alive = match framing {
         BodyFraming::UntilClose => false,
