@@ -102,6 +102,9 @@ pub struct Forwarded {
     pub index: usize,
     /// After a 101 answer to an upgrade request: the backend connection.
     pub upgraded: Option<Upgraded>,
+    /// The backend connection closes when the response ends (it is not given back to
+    /// the pool).
+    pub closes: bool,
 }
 
 /// The backend side of an upgraded connection.
@@ -271,6 +274,7 @@ impl PoolClient {
                 backend,
                 index,
                 upgraded: Some(Upgraded { conn, guard }),
+                closes: false,
             });
         }
         let keep = reusable && head.keep_alive && answer.unsent.is_none();
@@ -291,6 +295,7 @@ impl PoolClient {
             backend,
             index,
             upgraded: None,
+            closes: !keep,
         })
     }
 

@@ -56,6 +56,9 @@ pub struct ConnActivity {
     opening_held: AtomicBool,
     /// Cancelled when the connection is shed.
     shed: std::sync::OnceLock<CancellationToken>,
+    /// The response being handed back should wait one scheduler turn before its first
+    /// write (`write_after_turn`).
+    write_after_turn: AtomicBool,
 }
 
 impl ConnActivity {
@@ -73,6 +76,7 @@ impl ConnActivity {
             opening_held: AtomicBool::new(false),
             shed: std::sync::OnceLock::new(),
             request_limit_hit: AtomicBool::new(false),
+            write_after_turn: AtomicBool::new(false),
         }
     }
 
@@ -109,6 +113,21 @@ impl ConnActivity {
     /// Transfer-Encoding (asked once per request).
     pub fn take_conflicting(&self) -> bool {
         self.conflicting.swap(false, Ordering::Relaxed)
+    }
+
+    /// Asks that the response now being handed back wait one scheduler turn before its
+    /// first write. The request path asks it when the backend connection closed as the
+    /// response ended: each such response comes after a close (and its connect) on this
+    /// core, a gap long enough for the client to fall asleep before every write; after
+    /// the turn, the responses that were ready together leave together and the client is
+    /// woken once for them (docs/benchmarking.md, "Writes after the turn").
+    pub fn write_after_turn(&self) {
+        self.write_after_turn.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the response being written was asked to wait a turn (asked once each).
+    fn take_write_after_turn(&self) -> bool {
+        self.write_after_turn.swap(false, Ordering::Relaxed)
     }
 
     /// Bytes went out to the client: the response is moving.

@@ -394,6 +394,9 @@ async fn to_pool(
             return plain_response(status, text);
         }
     };
+    if forwarded.closes {
+        cx.activity.write_after_turn();
+    }
     let mut response = forwarded.response;
     let status = response.status();
     rule.metrics.count(status, started);
