@@ -176,7 +176,7 @@ fn header_helpers_answer_any_value() {
             }
         }
         let _ = headers::has_conflicting_framing(&map);
-        let _ = headers::keep_alive_timeout(&map);
+        let _ = headers::keep_alive_timeout(&raw);
         let upgrade = headers::is_upgrade_request(&map);
         headers::strip_hop_by_hop(&mut map, upgrade);
         let client = headers::ClientIdentity::new("192.0.2.1".parse().unwrap());

@@ -22,7 +22,6 @@ use tokio::time::Instant;
 use super::exchange::batch::SendBatcher;
 use super::exchange::body::BackendBody;
 use super::exchange::{self, BackendConn, ExchangeError};
-use super::headers::keep_alive_timeout;
 use crate::config::BackendConnections;
 use crate::error::ProxyError;
 use crate::upstream::{Backend, BackendGuard, Pool};
@@ -278,9 +277,8 @@ impl PoolClient {
             });
         }
         let keep = reusable && head.keep_alive && answer.unsent.is_none();
-        // Only a connection that may be reused needs its idle deadline (the Keep-Alive
-        // field is looked up by name).
-        let expires = keep.then(|| self.expiry(&head.parts.headers));
+        // Only a connection that may be reused needs its idle deadline.
+        let expires = keep.then(|| self.expiry(head.keep_alive_secs));
         let client = Arc::clone(self);
         // The guard counts the connection as busy until its response body ends.
         let on_end = Box::new(move |done: Option<BackendConn>| {
@@ -299,8 +297,10 @@ impl PoolClient {
         })
     }
 
-    fn expiry(&self, headers: &hyper::HeaderMap) -> Instant {
-        let idle = match keep_alive_timeout(headers) {
+    /// When a connection given back now stops being reused: `idle_timeout`, or a second
+    /// before the backend's own Keep-Alive `timeout=` (`keep_alive_secs`) if that is sooner.
+    fn expiry(&self, keep_alive_secs: Option<u64>) -> Instant {
+        let idle = match keep_alive_secs {
             Some(secs) => Duration::from_secs(secs)
                 .saturating_sub(Duration::from_secs(1))
                 .min(self.idle_timeout),

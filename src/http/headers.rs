@@ -16,7 +16,7 @@ use hyper::header::{
 pub type FieldSpans = smallvec::SmallVec<[(u32, u32, u32, u32); 32]>;
 
 /// Whether `name` describes one hop only (RFC 9110 §7.6.1), legacy ones included.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == CONNECTION
         || name == TE
         || name == TRAILER
@@ -64,6 +64,8 @@ pub struct Tokens {
     pub close: bool,
     pub keep_alive: bool,
     pub upgrade: bool,
+    /// Another token: it names a field that is hop-by-hop for this message.
+    pub names_fields: bool,
 }
 
 impl Tokens {
@@ -76,6 +78,8 @@ impl Tokens {
                 self.keep_alive = true;
             } else if token.eq_ignore_ascii_case(b"upgrade") {
                 self.upgrade = true;
+            } else if !token.is_empty() {
+                self.names_fields = true;
             }
         }
     }
@@ -415,9 +419,9 @@ pub fn strip_port(authority: &str) -> &str {
     }
 }
 
-/// The `timeout=` of a `Keep-Alive` response header, in seconds.
-pub fn keep_alive_timeout(headers: &HeaderMap) -> Option<u64> {
-    let value = headers.get("keep-alive")?.to_str().ok()?;
+/// The `timeout=` of a `Keep-Alive` response field's value, in seconds.
+pub fn keep_alive_timeout(value: &[u8]) -> Option<u64> {
+    let value = std::str::from_utf8(value).ok()?;
     value.split(',').find_map(|part| {
         let (k, v) = part.split_once('=')?;
         if k.trim().eq_ignore_ascii_case("timeout") {
@@ -601,10 +605,7 @@ mod tests {
 
     #[test]
     fn keep_alive_timeout_parsed() {
-        assert_eq!(
-            keep_alive_timeout(&map(&[("keep-alive", "timeout=5, max=100")])),
-            Some(5)
-        );
-        assert_eq!(keep_alive_timeout(&map(&[("keep-alive", "max=100")])), None);
+        assert_eq!(keep_alive_timeout(b"timeout=5, max=100"), Some(5));
+        assert_eq!(keep_alive_timeout(b"max=100"), None);
     }
 }

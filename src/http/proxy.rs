@@ -435,7 +435,11 @@ async fn to_pool(
             return response;
         }
     }
-    headers::strip_hop_by_hop(response.headers_mut(), false);
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        // A 101 that does not become a tunnel: the exchange kept its hop-by-hop fields
+        // for one. Any other response came without them (`exchange/head.rs`).
+        headers::strip_hop_by_hop(response.headers_mut(), false);
+    }
     response
 }
 

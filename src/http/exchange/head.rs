@@ -1,13 +1,14 @@
 //! Sans-io parser of a backend's response head (status line and fields) into
 //! `http::response::Parts`, with how its body is framed (RFC 9112 §6.3) and whether the
 //! connection may carry another request. Field values share one buffer with the head
-//! instead of being copied one by one.
+//! instead of being copied one by one. The hop-by-hop fields (RFC 9110 §7.6.1) never
+//! enter the map, except in a 101 answer, whose upgrade fields may pass through.
 
 use bytes::{Bytes, BytesMut};
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION};
 use hyper::{HeaderMap, Method, StatusCode, Version};
 
-use crate::http::headers::FramingFields;
+use crate::http::headers::{is_hop_by_hop, keep_alive_timeout, strip_hop_by_hop, FramingFields};
 
 /// Largest response head accepted from a backend.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -30,8 +31,10 @@ pub enum BodyFraming {
 /// A parsed response head.
 #[derive(Debug)]
 pub struct ResponseHead {
-    /// Status, version and fields.
+    /// Status, version and the end-to-end fields (all fields in a 101).
     pub parts: hyper::http::response::Parts,
+    /// The `timeout=` of a Keep-Alive field, in seconds.
+    pub keep_alive_secs: Option<u64>,
     /// How the body is delimited.
     pub framing: BodyFraming,
     /// Whether the connection may carry another request after this response.
@@ -106,6 +109,10 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>
     let mut headers = HeaderMap::with_capacity(count);
     // What framing and keep-alive depend on, noted while the fields go into the map.
     let mut fields = FramingFields::default();
+    // Hop-by-hop fields are dropped here rather than looked for in the map afterwards;
+    // a 101 keeps them for the proxy to pass an upgrade through.
+    let end_to_end_only = code != 101;
+    let mut keep_alive_secs = None;
     for &(name_start, name_len, value_start, value_len) in &spans {
         let name_range = name_start as usize..name_start as usize + name_len as usize;
         let Some(name_bytes) = head.get(name_range) else {
@@ -119,10 +126,23 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>
             return Err(HeadError::BadField);
         };
         fields.note(&name, raw);
+        if end_to_end_only && is_hop_by_hop(&name) {
+            if name.as_str() == "keep-alive" {
+                keep_alive_secs = keep_alive_timeout(raw);
+            }
+            // A Connection field that names other fields stays until they are removed
+            // with it (below).
+            if !(name == CONNECTION && fields.tokens.names_fields) {
+                continue;
+            }
+        }
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice(value_range)) else {
             return Err(HeadError::BadField);
         };
         headers.append(name, value);
+    }
+    if end_to_end_only && fields.tokens.names_fields {
+        strip_hop_by_hop(&mut headers, false);
     }
     let Ok(status) = StatusCode::from_u16(code) else {
         return Err(HeadError::Malformed(httparse::Error::Status));
@@ -147,6 +167,7 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>
     parts.headers = headers;
     Ok(Some(ResponseHead {
         parts,
+        keep_alive_secs,
         framing,
         keep_alive,
     }))
@@ -213,7 +234,45 @@ mod tests {
         assert_eq!(head.framing, BodyFraming::Length(5));
         assert!(head.keep_alive);
         assert_eq!(head.parts.headers.get("x-backend").unwrap(), "a");
-        assert_eq!(head.parts.headers.len(), 6);
+        // Server, Date, Content-Type, Content-Length, X-Backend: not Connection.
+        assert_eq!(head.parts.headers.len(), 5);
+        assert!(!head.parts.headers.contains_key("connection"));
+    }
+
+    fn names(head: &ResponseHead) -> Vec<&str> {
+        head.parts.headers.keys().map(|n| n.as_str()).collect()
+    }
+
+    #[test]
+    fn hop_by_hop_fields_stay_out_of_the_map() {
+        let input = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5, max=100\r\nProxy-Connection: keep-alive\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nUpgrade: h2c\r\nTE: trailers\r\nX-Backend: a\r\n\r\n";
+        let (head, _) = parse_all(input, &Method::GET).unwrap().unwrap();
+        assert_eq!(names(&head), ["x-backend"]);
+        // What they said is still noted.
+        assert_eq!(head.framing, BodyFraming::Chunked);
+        assert!(head.keep_alive);
+        assert_eq!(head.keep_alive_secs, Some(5));
+    }
+
+    #[test]
+    fn fields_a_connection_field_names_are_dropped_with_it() {
+        // Named before and after the Connection field, and by a second one.
+        let input = b"HTTP/1.1 200 OK\r\nX-Before: 1\r\nConnection: close, X-Before\r\nX-After: 2\r\nX-Kept: 3\r\nConnection: x-after\r\nContent-Length: 0\r\n\r\n";
+        let (head, _) = parse_all(input, &Method::GET).unwrap().unwrap();
+        let mut kept = names(&head);
+        kept.sort_unstable();
+        assert_eq!(kept, ["content-length", "x-kept"]);
+        assert!(!head.keep_alive);
+    }
+
+    #[test]
+    fn a_101_keeps_its_upgrade_fields() {
+        let input = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: x\r\n\r\n";
+        let (head, _) = parse_all(input, &Method::GET).unwrap().unwrap();
+        assert_eq!(
+            names(&head),
+            ["connection", "upgrade", "sec-websocket-accept"]
+        );
     }
 
     #[test]
