@@ -15,6 +15,24 @@ use hyper::header::{
 /// fields present are written (a zeroed array of `MAX_FIELDS` would be 1.6 KiB per parse).
 pub type FieldSpans = smallvec::SmallVec<[(u32, u32, u32, u32); 32]>;
 
+/// Where each parsed field's name and value sit in the head `base` points at, as
+/// (name start, name length, value start, value length): the fields are then sliced out
+/// of one frozen buffer. A head is at most 64 KiB, so the offsets fit.
+pub fn field_spans(base: *const u8, fields: &[httparse::Header<'_>]) -> FieldSpans {
+    let base = base as usize;
+    fields
+        .iter()
+        .map(|field| {
+            (
+                (field.name.as_ptr() as usize - base) as u32,
+                field.name.len() as u32,
+                (field.value.as_ptr() as usize - base) as u32,
+                field.value.len() as u32,
+            )
+        })
+        .collect()
+}
+
 /// Whether `name` describes one hop only (RFC 9110 §7.6.1), legacy ones included.
 pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == CONNECTION
@@ -433,179 +451,4 @@ pub fn keep_alive_timeout(value: &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
-
-    #[test]
-    fn conflicting_framing() {
-        assert!(has_conflicting_framing(&map(&[
-            ("content-length", "5"),
-            ("transfer-encoding", "chunked")
-        ])));
-        assert!(has_conflicting_framing(&map(&[
-            ("content-length", "5"),
-            ("content-length", "6")
-        ])));
-        assert!(has_conflicting_framing(&map(&[("content-length", "5, 6")])));
-        assert!(!has_conflicting_framing(&map(&[
-            ("content-length", "5"),
-            ("content-length", "5")
-        ])));
-        assert!(!has_conflicting_framing(&map(&[("content-length", "5")])));
-        assert!(!has_conflicting_framing(&map(&[(
-            "transfer-encoding",
-            "chunked"
-        )])));
-    }
-
-    #[test]
-    fn hop_by_hop_and_connection_named_headers_go() {
-        let mut h = map(&[
-            ("connection", "keep-alive, x-secret"),
-            ("keep-alive", "timeout=5"),
-            ("x-secret", "1"),
-            ("te", "trailers"),
-            ("upgrade", "websocket"),
-            ("proxy-connection", "keep-alive"),
-            ("x-kept", "yes"),
-        ]);
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn every_connection_field_and_token_counts() {
-        let mut h = map(&[
-            ("connection", "Close"),
-            ("connection", " X-A ,, x-b "),
-            ("x-a", "1"),
-            ("x-b", "2"),
-            ("x-c", "3"),
-        ]);
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-c"));
-    }
-
-    #[test]
-    fn upgrade_kept_when_asked() {
-        let mut h = map(&[
-            ("connection", "Upgrade"),
-            ("upgrade", "websocket"),
-            ("keep-alive", "1"),
-        ]);
-        assert!(is_upgrade_request(&h));
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(h.get("upgrade").unwrap(), "websocket");
-        assert_eq!(h.get("connection").unwrap(), "upgrade");
-        assert!(!h.contains_key("keep-alive"));
-    }
-
-    #[test]
-    fn forwarding_headers_append() {
-        let mut h = map(&[
-            ("x-forwarded-for", "10.0.0.1"),
-            ("forwarded", "for=10.0.0.1"),
-        ]);
-        let host = HeaderValue::from_static("app.example.com");
-        add_forwarding(
-            &mut h,
-            &ClientIdentity::new("192.0.2.7".parse().unwrap()),
-            "https",
-            Some(&host),
-        );
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 192.0.2.7");
-        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
-        assert_eq!(h.get("x-forwarded-host").unwrap(), "app.example.com");
-        assert_eq!(
-            h.get("forwarded").unwrap(),
-            "for=10.0.0.1, for=192.0.2.7;proto=https;host=app.example.com"
-        );
-        let mut v6 = HeaderMap::new();
-        add_forwarding(
-            &mut v6,
-            &ClientIdentity::new("::1".parse().unwrap()),
-            "http",
-            None,
-        );
-        assert_eq!(v6.get("forwarded").unwrap(), "for=\"[::1]\";proto=http");
-    }
-
-    #[test]
-    fn several_forwarding_lines_join_into_one_list() {
-        let mut h = HeaderMap::new();
-        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        h.append("x-forwarded-for", HeaderValue::from_static(" "));
-        h.append(
-            "x-forwarded-for",
-            HeaderValue::from_static("10.0.0.2, 10.0.0.3"),
-        );
-        add_forwarding(
-            &mut h,
-            &ClientIdentity::new("192.0.2.7".parse().unwrap()),
-            "http",
-            None,
-        );
-        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
-        assert_eq!(all, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7"]);
-    }
-
-    #[test]
-    fn hosts_and_ports() {
-        assert_eq!(strip_port("a.example.com:8443"), "a.example.com");
-        assert_eq!(strip_port("a.example.com"), "a.example.com");
-        assert_eq!(strip_port("[::1]:80"), "[::1]");
-        let h = map(&[("host", "App.Example.COM:8443")]);
-        assert_eq!(
-            request_host(&"/x".parse().unwrap(), &h).as_deref(),
-            Some("app.example.com")
-        );
-    }
-
-    #[test]
-    fn host_header_syntax() {
-        for good in [
-            "a.example.com",
-            "a.example.com:8443",
-            "127.0.0.1:80",
-            "[::1]:8080",
-            "[::1]",
-            "x_y",
-        ] {
-            assert!(valid_host_header(good.as_bytes()), "{good}");
-        }
-        for bad in [
-            "",
-            "a b",
-            "a/b",
-            "user@host",
-            "a:b:c",
-            "host:",
-            "host:99999999",
-            "[::1",
-            "[zz]",
-            "a\tb",
-            "ho\u{7f}st",
-        ] {
-            assert!(!valid_host_header(bad.as_bytes()), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn keep_alive_timeout_parsed() {
-        assert_eq!(keep_alive_timeout(b"timeout=5, max=100"), Some(5));
-        assert_eq!(keep_alive_timeout(b"max=100"), None);
-    }
-}
+mod tests;

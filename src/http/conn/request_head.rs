@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use hyper::header::{HeaderName, HeaderValue, EXPECT, UPGRADE};
 use hyper::{HeaderMap, Method, Uri, Version};
 
-use crate::http::headers::{FieldSpans, FramingFields};
+use crate::http::headers::{field_spans, FramingFields};
 
 /// Most request header fields accepted (hyper's default; 431 above it).
 pub const MAX_FIELDS: usize = 100;
@@ -112,18 +112,7 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>,
     let base = buf.as_ptr() as usize;
     let target_span = (target.as_ptr() as usize - base, target.len());
     let count = request.headers.len();
-    let spans: FieldSpans = request
-        .headers
-        .iter()
-        .map(|field| {
-            (
-                (field.name.as_ptr() as usize - base) as u32,
-                field.name.len() as u32,
-                (field.value.as_ptr() as usize - base) as u32,
-                field.value.len() as u32,
-            )
-        })
-        .collect();
+    let spans = field_spans(buf.as_ptr(), request.headers);
     let head: Bytes = buf.split_to(used).freeze();
     let Some(target) = head.get(target_span.0..target_span.0 + target_span.1) else {
         return Err(RequestHeadError::Malformed);

@@ -8,7 +8,9 @@ use bytes::{Bytes, BytesMut};
 use hyper::header::{HeaderName, HeaderValue, CONNECTION};
 use hyper::{HeaderMap, Method, StatusCode, Version};
 
-use crate::http::headers::{is_hop_by_hop, keep_alive_timeout, strip_hop_by_hop, FramingFields};
+use crate::http::headers::{
+    field_spans, is_hop_by_hop, keep_alive_timeout, strip_hop_by_hop, FramingFields,
+};
 
 /// Largest response head accepted from a backend.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -88,23 +90,10 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>
     } else {
         Version::HTTP_11
     };
-    // Where each field's name and value sit in the head, to slice them out of one frozen
-    // buffer (on the stack: no allocation per response).
-    let base = buf.as_ptr() as usize;
+    // Where each field's name and value sit in the head (on the stack: no allocation
+    // per response).
     let count = response.headers.len();
-    // The head is at most MAX_HEAD_BYTES (64 KiB), so offsets fit.
-    let spans: crate::http::headers::FieldSpans = response
-        .headers
-        .iter()
-        .map(|field| {
-            (
-                (field.name.as_ptr() as usize - base) as u32,
-                field.name.len() as u32,
-                (field.value.as_ptr() as usize - base) as u32,
-                field.value.len() as u32,
-            )
-        })
-        .collect();
+    let spans = field_spans(buf.as_ptr(), response.headers);
     let head: Bytes = buf.split_to(used).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     // What framing and keep-alive depend on, noted while the fields go into the map.
