@@ -3,16 +3,18 @@
 //! both directions are done, on an error, or when no byte moved either way for
 //! `tunnel_idle`. Returns the bytes moved each way.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-/// Buffer per direction.
+/// Largest read: the thread's scratch buffer.
 const CHUNK: usize = 32 * 1024;
 
 /// How a tunnel ended.
@@ -81,6 +83,84 @@ enum DirEnd {
     WriteError(io::Error),
 }
 
+thread_local! {
+    /// One read's worth of bytes on the way through a worker thread. Bytes stay in it
+    /// only within one poll: read, then written straight on; what the destination cannot
+    /// take at once moves to the direction's own backlog. An idle or a flowing tunnel
+    /// therefore holds no buffer of its own, and a new connection allocates none
+    /// (HAProxy, likewise, takes a buffer when bytes arrive and releases it when empty).
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; CHUNK].into_boxed_slice());
+}
+
+/// What one read-through poll did.
+enum Step {
+    /// The source sent EOF.
+    Eof,
+    /// Bytes read; `written` of them went straight on, the rest are in the backlog.
+    Moved { written: usize },
+}
+
+/// Reads once from `from` and writes what it got to `to` in the same poll; the bytes
+/// `to` does not take now are appended to `backlog`.
+fn poll_read_through<R, W>(
+    cx: &mut Context<'_>,
+    from: &mut R,
+    to: &mut W,
+    backlog: &mut Vec<u8>,
+) -> Poll<Result<Step, DirEnd>>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let shared = SCRATCH.try_with(|cell| {
+        let Ok(mut scratch) = cell.try_borrow_mut() else {
+            return None;
+        };
+        Some(read_through_with(cx, from, to, backlog, &mut scratch))
+    });
+    match shared {
+        Ok(Some(step)) => step,
+        // The thread's buffer is gone (thread exit) or in use: a buffer of our own.
+        _ => read_through_with(cx, from, to, backlog, &mut vec![0; CHUNK]),
+    }
+}
+
+fn read_through_with<R, W>(
+    cx: &mut Context<'_>,
+    from: &mut R,
+    to: &mut W,
+    backlog: &mut Vec<u8>,
+    buf: &mut [u8],
+) -> Poll<Result<Step, DirEnd>>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut read = ReadBuf::new(buf);
+    match Pin::new(&mut *from).poll_read(cx, &mut read) {
+        Poll::Pending => return Poll::Pending,
+        Poll::Ready(Err(e)) => return Poll::Ready(Err(DirEnd::ReadError(e))),
+        Poll::Ready(Ok(())) => {}
+    }
+    let bytes = read.filled();
+    if bytes.is_empty() {
+        return Poll::Ready(Ok(Step::Eof));
+    }
+    let mut written = 0;
+    while written < bytes.len() {
+        match Pin::new(&mut *to).poll_write(cx, &bytes[written..]) {
+            Poll::Ready(Ok(0)) => {
+                return Poll::Ready(Err(DirEnd::WriteError(io::ErrorKind::WriteZero.into())))
+            }
+            Poll::Ready(Ok(k)) => written += k,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(DirEnd::WriteError(e))),
+            Poll::Pending => break,
+        }
+    }
+    backlog.extend_from_slice(&bytes[written..]);
+    Poll::Ready(Ok(Step::Moved { written }))
+}
+
 /// Copies `from` → `to` until EOF, then shuts `to`'s write side down. Ends with `Idle`
 /// when neither a read nor a write moved a byte (in either direction) for `idle`.
 async fn copy_one_way<R, W>(
@@ -94,19 +174,20 @@ where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
-    // Not zeroed: `read_buf` fills the spare capacity and only what was read is used.
-    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+    // Bytes read but not yet taken by `to`; allocated only while some wait.
+    let mut backlog: Vec<u8> = Vec::new();
     // One timer per direction, armed at the idle deadline known when it was set. Bytes
     // moving push the real deadline later without touching the timer (no timer-wheel
     // work per chunk); when it fires before the real deadline it is re-armed there.
     let idle_timer = tokio::time::sleep_until(activity.idle_deadline(idle));
     tokio::pin!(idle_timer);
     loop {
-        buf.clear();
-        let n = loop {
+        let step = loop {
             tokio::select! {
                 biased;
-                read = from.read_buf(&mut buf) => break read,
+                step = std::future::poll_fn(|cx| poll_read_through(cx, from, to, &mut backlog)) => {
+                    break step;
+                }
                 _ = &mut idle_timer => {
                     if idle_or_rearm(idle_timer.as_mut(), activity, idle) {
                         return DirEnd::Idle;
@@ -114,8 +195,9 @@ where
                 }
             }
         };
-        let n = match n {
-            Ok(0) => {
+        match step {
+            Err(end) => return end,
+            Ok(Step::Eof) => {
                 // Half-close: pass the EOF on, keep the other direction going.
                 let last = activity.eofs.fetch_add(1, Ordering::Relaxed) == 1;
                 if !(last && activity.close_follows) {
@@ -123,17 +205,21 @@ where
                 }
                 return DirEnd::Eof;
             }
-            Ok(n) => n,
-            Err(e) => return DirEnd::ReadError(e),
-        };
-        activity.touch();
+            Ok(Step::Moved { written }) => {
+                moved.fetch_add(written as u64, Ordering::Relaxed);
+                activity.touch();
+            }
+        }
+        if backlog.is_empty() {
+            continue;
+        }
         // The idle clock also bounds writes: a peer that stops reading stalls the copy,
         // and a stalled tunnel moves no byte either way.
         let mut written = 0;
-        while written < n {
+        while written < backlog.len() {
             tokio::select! {
                 biased;
-                wrote = to.write(&buf[written..n]) => match wrote {
+                wrote = to.write(&backlog[written..]) => match wrote {
                     Ok(0) => return DirEnd::WriteError(io::ErrorKind::WriteZero.into()),
                     Ok(k) => {
                         written += k;
@@ -149,6 +235,8 @@ where
                 }
             }
         }
+        // Drained: give the memory back until the destination falls behind again.
+        backlog = Vec::new();
     }
 }
 
@@ -274,5 +362,61 @@ where
         client_to_backend: up.load(Ordering::Relaxed),
         backend_to_client: down.load(Ordering::Relaxed),
         end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A wide client pipe and a 100-byte backend pipe: each read brings up to 32 KiB and
+    /// the backend side takes at most 100 bytes per write, so most bytes go through the
+    /// backlog.
+    #[tokio::test]
+    async fn bytes_the_destination_cannot_take_at_once_arrive_whole_and_in_order() {
+        let (mut client_far, mut client_near) = tokio::io::duplex(64 * 1024);
+        let (mut backend_near, mut backend_far) = tokio::io::duplex(100);
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let tunnel = tokio::spawn(async move {
+            splice(&mut client_near, &mut backend_near, Duration::from_secs(30)).await
+        });
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            client_far.write_all(&sent).await.unwrap();
+            client_far.shutdown().await.unwrap();
+            client_far
+        });
+        let mut got = Vec::new();
+        backend_far.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), payload.len());
+        assert!(got == payload, "bytes reordered or damaged");
+        // The backend's EOF reaches the client and ends the tunnel.
+        backend_far.shutdown().await.unwrap();
+        let mut client_far = writer.await.unwrap();
+        let mut rest = Vec::new();
+        client_far.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        let outcome = tunnel.await.unwrap();
+        assert_eq!(outcome.end, SpliceEnd::Closed);
+        assert_eq!(outcome.client_to_backend, payload.len() as u64);
+        assert_eq!(outcome.backend_to_client, 0);
+    }
+
+    /// A destination that takes nothing: the backlog holds the bytes and the idle clock
+    /// still ends the tunnel.
+    #[tokio::test]
+    async fn a_destination_that_never_reads_ends_the_tunnel_when_idle() {
+        let (mut client_far, mut client_near) = tokio::io::duplex(64 * 1024);
+        let (mut backend_near, _backend_far) = tokio::io::duplex(100);
+        client_far.write_all(&[7u8; 10_000]).await.unwrap();
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(10),
+            splice(&mut client_near, &mut backend_near, Duration::from_millis(200)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(outcome.end, SpliceEnd::Idle);
+        assert_eq!(outcome.client_to_backend, 100);
     }
 }

@@ -63,7 +63,8 @@ pub async fn peek_client_hello<S>(
 where
     S: AsyncRead + Unpin,
 {
-    let mut buffered: Vec<u8> = Vec::with_capacity(2048);
+    // One read's chunk: the first `reserve` below then needs no reallocation.
+    let mut buffered: Vec<u8> = Vec::with_capacity(4096);
     let read_all = async {
         let mut needed = 5usize;
         loop {
