@@ -78,7 +78,6 @@ impl Activity {
 
 enum DirEnd {
     Eof,
-    Idle,
     ReadError(io::Error),
     WriteError(io::Error),
 }
@@ -161,13 +160,13 @@ where
     Poll::Ready(Ok(Step::Moved { written }))
 }
 
-/// Copies `from` → `to` until EOF, then shuts `to`'s write side down. Ends with `Idle`
-/// when neither a read nor a write moved a byte (in either direction) for `idle`.
+/// Copies `from` → `to` until EOF, then shuts `to`'s write side down. Never ends on its
+/// own while the peers are silent: the tunnel's one idle timer ([`splice_halves`])
+/// bounds reads and stuck writes alike.
 async fn copy_one_way<R, W>(
     from: &mut R,
     to: &mut W,
     activity: &Activity,
-    idle: Duration,
     moved: &AtomicU64,
 ) -> DirEnd
 where
@@ -176,26 +175,8 @@ where
 {
     // Bytes read but not yet taken by `to`; allocated only while some wait.
     let mut backlog: Vec<u8> = Vec::new();
-    // One timer per direction, armed at the idle deadline known when it was set. Bytes
-    // moving push the real deadline later without touching the timer (no timer-wheel
-    // work per chunk); when it fires before the real deadline it is re-armed there.
-    let idle_timer = tokio::time::sleep_until(activity.idle_deadline(idle));
-    tokio::pin!(idle_timer);
     loop {
-        let step = loop {
-            tokio::select! {
-                biased;
-                step = std::future::poll_fn(|cx| poll_read_through(cx, from, to, &mut backlog)) => {
-                    break step;
-                }
-                _ = &mut idle_timer => {
-                    if idle_or_rearm(idle_timer.as_mut(), activity, idle) {
-                        return DirEnd::Idle;
-                    }
-                }
-            }
-        };
-        match step {
+        match std::future::poll_fn(|cx| poll_read_through(cx, from, to, &mut backlog)).await {
             Err(end) => return end,
             Ok(Step::Eof) => {
                 // Half-close: pass the EOF on, keep the other direction going.
@@ -213,26 +194,16 @@ where
         if backlog.is_empty() {
             continue;
         }
-        // The idle clock also bounds writes: a peer that stops reading stalls the copy,
-        // and a stalled tunnel moves no byte either way.
         let mut written = 0;
         while written < backlog.len() {
-            tokio::select! {
-                biased;
-                wrote = to.write(&backlog[written..]) => match wrote {
-                    Ok(0) => return DirEnd::WriteError(io::ErrorKind::WriteZero.into()),
-                    Ok(k) => {
-                        written += k;
-                        moved.fetch_add(k as u64, Ordering::Relaxed);
-                        activity.touch();
-                    }
-                    Err(e) => return DirEnd::WriteError(e),
-                },
-                _ = &mut idle_timer => {
-                    if idle_or_rearm(idle_timer.as_mut(), activity, idle) {
-                        return DirEnd::Idle;
-                    }
+            match to.write(&backlog[written..]).await {
+                Ok(0) => return DirEnd::WriteError(io::ErrorKind::WriteZero.into()),
+                Ok(k) => {
+                    written += k;
+                    moved.fetch_add(k as u64, Ordering::Relaxed);
+                    activity.touch();
                 }
+                Err(e) => return DirEnd::WriteError(e),
             }
         }
         // Drained: give the memory back until the destination falls behind again.
@@ -315,20 +286,27 @@ where
     };
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
-    let upstream = copy_one_way(client_read, backend_write, &activity, idle, &up);
-    let downstream = copy_one_way(backend_read, client_write, &activity, idle, &down);
+    let upstream = copy_one_way(client_read, backend_write, &activity, &up);
+    let downstream = copy_one_way(backend_read, client_write, &activity, &down);
     tokio::pin!(upstream);
     tokio::pin!(downstream);
+    // One timer for the tunnel, armed at the idle deadline known when it was set. Bytes
+    // moving push the real deadline later without touching the timer (no timer-wheel
+    // work per chunk); when it fires before the real deadline it is re-armed there. It
+    // also bounds a stuck write: a peer that stops reading stalls its direction, and a
+    // stalled tunnel moves no byte either way.
+    let idle_timer = tokio::time::sleep_until(activity.idle_deadline(idle));
+    tokio::pin!(idle_timer);
 
-    // Run both; an error or idle on either side ends the tunnel at once.
+    // Run both; an error on either side, or the idle deadline, ends the tunnel at once.
     let mut up_end: Option<DirEnd> = None;
     let mut down_end: Option<DirEnd> = None;
     let end = loop {
         tokio::select! {
+            biased;
             e = &mut upstream, if up_end.is_none() => {
                 match e {
                     DirEnd::Eof => up_end = Some(DirEnd::Eof),
-                    DirEnd::Idle => break SpliceEnd::Idle,
                     DirEnd::ReadError(e) => {
                         tracing::debug!(error = %e, "client read failed");
                         break SpliceEnd::ClientError;
@@ -342,7 +320,6 @@ where
             e = &mut downstream, if down_end.is_none() => {
                 match e {
                     DirEnd::Eof => down_end = Some(DirEnd::Eof),
-                    DirEnd::Idle => break SpliceEnd::Idle,
                     DirEnd::ReadError(e) => {
                         tracing::debug!(error = %e, "backend read failed");
                         break SpliceEnd::BackendError;
@@ -352,6 +329,12 @@ where
                         break SpliceEnd::ClientError;
                     }
                 }
+            }
+            _ = &mut idle_timer => {
+                if idle_or_rearm(idle_timer.as_mut(), &activity, idle) {
+                    break SpliceEnd::Idle;
+                }
+                continue;
             }
         }
         if up_end.is_some() && down_end.is_some() {
@@ -412,7 +395,11 @@ mod tests {
         client_far.write_all(&[7u8; 10_000]).await.unwrap();
         let outcome = tokio::time::timeout(
             Duration::from_secs(10),
-            splice(&mut client_near, &mut backend_near, Duration::from_millis(200)),
+            splice(
+                &mut client_near,
+                &mut backend_near,
+                Duration::from_millis(200),
+            ),
         )
         .await
         .unwrap();
