@@ -32,6 +32,7 @@ pub mod l4;
 pub mod listener;
 pub mod metrics;
 pub mod origin;
+pub mod peer_field;
 pub mod protect;
 pub mod route;
 pub mod server;

@@ -259,7 +259,7 @@ pub async fn accept_loop(
         let span = tracing::info_span!(
             "conn",
             conn,
-            peer = %peer,
+            peer = %crate::peer_field::PeerField(peer),
             listener = %listener_rt.spec.name,
             sni = tracing::field::Empty
         );

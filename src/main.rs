@@ -288,11 +288,11 @@ fn init_logging() {
     // without its styling layer: every connection's span formats its fields once at
     // accept, and this halves that cost.
     let fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
-        if field.name() == "message" {
-            write!(writer, "{value:?}")
-        } else {
-            write!(writer, "{field}={value:?}")
+        if field.name() != "message" {
+            writer.write_str(field.name())?;
+            writer.write_char('=')?;
         }
+        write!(writer, "{value:?}")
     })
     .delimited(" ");
     tracing_subscriber::fmt()

@@ -81,7 +81,10 @@ pub fn parse_client_hello(stream: &[u8]) -> HelloParse {
 
     // Walk records, collecting handshake fragments until the handshake message is whole.
     let mut offset = 0usize;
-    let mut fragments: Vec<&[u8]> = Vec::new();
+    // Almost every ClientHello fits one record: the first fragment needs no vector.
+    let mut first: &[u8] = &[];
+    let mut more: Vec<&[u8]> = Vec::new();
+    let mut records = 0usize;
     let mut body_len = 0usize;
     let mut message_len: Option<usize> = None;
     loop {
@@ -90,7 +93,7 @@ pub fn parse_client_hello(stream: &[u8]) -> HelloParse {
                 break;
             }
         }
-        if fragments.len() >= MAX_CLIENT_HELLO_RECORDS {
+        if records >= MAX_CLIENT_HELLO_RECORDS {
             return HelloParse::Malformed;
         }
         let header_end = offset + RECORD_HEADER;
@@ -123,18 +126,27 @@ pub fn parse_client_hello(stream: &[u8]) -> HelloParse {
         }
         let available = &stream[header_end..stream.len().min(record_end)];
         body_len += available.len();
-        fragments.push(available);
+        if records == 0 {
+            first = available;
+        } else {
+            more.push(available);
+        }
+        records += 1;
         if message_len.is_none() {
-            let joined_head: Vec<u8> = fragments
-                .iter()
-                .flat_map(|f| f.iter())
+            let mut joined_head = [0u8; 4];
+            let mut head_len = 0;
+            for &byte in std::iter::once(first)
+                .chain(more.iter().copied())
+                .flatten()
                 .take(4)
-                .copied()
-                .collect();
-            if !joined_head.is_empty() && joined_head[0] != HANDSHAKE_CLIENT_HELLO {
+            {
+                joined_head[head_len] = byte;
+                head_len += 1;
+            }
+            if head_len > 0 && joined_head[0] != HANDSHAKE_CLIENT_HELLO {
                 return HelloParse::Malformed;
             }
-            if joined_head.len() == 4 {
+            if head_len == 4 {
                 let total = 4
                     + (usize::from(joined_head[1]) << 16
                         | usize::from(joined_head[2]) << 8
@@ -162,11 +174,11 @@ pub fn parse_client_hello(stream: &[u8]) -> HelloParse {
     let Some(total) = message_len else {
         return HelloParse::Malformed;
     };
-    let message: Cow<'_, [u8]> = if fragments.len() == 1 {
-        Cow::Borrowed(&fragments[0][..total])
+    let message: Cow<'_, [u8]> = if more.is_empty() {
+        Cow::Borrowed(&first[..total])
     } else {
         let mut joined = Vec::with_capacity(total);
-        for f in &fragments {
+        for f in std::iter::once(first).chain(more.iter().copied()) {
             joined.extend_from_slice(f);
         }
         joined.truncate(total);
