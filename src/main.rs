@@ -275,8 +275,25 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // RUST_LOG with targets and levels only (or none: `info`) is a static filter.
+    // EnvFilter looks every span up under a lock at each enter and exit, which is each
+    // poll of each connection, whether or not a directive names a span; it is kept for
+    // the directives only it understands (`target[span{field=value}]=level`).
+    let directives = std::env::var("RUST_LOG").ok();
+    let targets: Option<tracing_subscriber::filter::Targets> = match directives.as_deref() {
+        None | Some("") => Some(
+            tracing_subscriber::filter::Targets::new()
+                .with_default(tracing_subscriber::filter::LevelFilter::INFO),
+        ),
+        Some(d) if !d.contains('[') => d.parse().ok(),
+        Some(_) => None,
+    };
+    let env_filter = targets.is_none().then(|| {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    });
     // Fields as `name=value` (the message bare), like the default formatter but
     // without its styling layer: every connection's span formats its fields once at
     // accept, and this halves that cost.
@@ -288,11 +305,15 @@ fn init_logging() {
         write!(writer, "{value:?}")
     })
     .delimited(" ");
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .fmt_fields(fields)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    tracing_subscriber::registry()
+        .with(targets)
+        .with(env_filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(fields)
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
 }
 

@@ -109,3 +109,67 @@ async fn run_serves_reloads_on_sighup_and_drains_on_sigterm() {
     };
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// Starts `tollgate run` with `rust_log` (None: unset), waits until it serves, stops it
+/// with SIGTERM and returns what it wrote to stderr.
+async fn run_and_collect_logs(rust_log: Option<&str>) -> String {
+    let listen = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tollgate.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "access_log: off\nlisteners: [ {{ name: web, listen: \"{listen}\", protocol: http, routes: main }} ]\nroutes: {{ main: [ {{ pool: p }} ] }}\npools: {{ p: {{ servers: [ {{ addr: \"127.0.0.1:9\" }} ] }} }}\n"
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    command
+        .args(["run", "-c"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    match rust_log {
+        Some(value) => command.env("RUST_LOG", value),
+        None => command.env_remove("RUST_LOG"),
+    };
+    let child = command.spawn().unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while TcpStream::connect(listen).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tollgate run never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(child.id(), libc::SIGTERM);
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success(), "exit status {:?}", output.status);
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// RUST_LOG: unset is `info`; levels and targets go through a static filter, span
+/// directives through EnvFilter; each is obeyed.
+#[tokio::test]
+async fn rust_log_levels_targets_and_span_directives_are_obeyed() {
+    let listening = |logs: &str| logs.contains("listening");
+    assert!(listening(&run_and_collect_logs(None).await), "unset: info");
+    assert!(
+        !listening(&run_and_collect_logs(Some("warn")).await),
+        "warn"
+    );
+    assert!(listening(
+        &run_and_collect_logs(Some("warn,tollgate=info")).await
+    ));
+    assert!(!listening(
+        &run_and_collect_logs(Some("info,tollgate=warn")).await
+    ));
+    let span_directive = run_and_collect_logs(Some("info,tollgate[conn]=debug")).await;
+    assert!(
+        listening(&span_directive),
+        "EnvFilter directive: {span_directive}"
+    );
+}
