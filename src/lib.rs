@@ -30,6 +30,7 @@ pub mod error;
 pub mod http;
 pub mod l4;
 pub mod listener;
+pub mod log_fields;
 pub mod metrics;
 pub mod origin;
 pub mod peer_field;

@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::field::MakeExt;
 
 /// tollgate — an edge load balancer: TLS passthrough and TLS offloading on one port.
 #[derive(Parser, Debug)]
@@ -294,23 +293,12 @@ fn init_logging() {
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     });
-    // Fields as `name=value` (the message bare), like the default formatter but
-    // without its styling layer: every connection's span formats its fields once at
-    // accept, and this halves that cost.
-    let fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
-        if field.name() != "message" {
-            writer.write_str(field.name())?;
-            writer.write_char('=')?;
-        }
-        write!(writer, "{value:?}")
-    })
-    .delimited(" ");
     tracing_subscriber::registry()
         .with(targets)
         .with(env_filter)
         .with(
             tracing_subscriber::fmt::layer()
-                .fmt_fields(fields)
+                .fmt_fields(tollgate::log_fields::CompactFields)
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
