@@ -178,6 +178,7 @@ pub async fn accept_loop(
 ) {
     let permits = Arc::new(Semaphore::new(max_connections));
     let opening = Arc::new(OpeningStage::default());
+    let mut last_index = 0;
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -196,8 +197,17 @@ pub async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let snapshot = ctx.state.load_full();
         let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
-        let Some(&index) = snapshot.listener_index.get(&name) else {
-            continue;
+        // The listener's index rarely changes (only a reload can move it): check the
+        // last one by name before hashing the name.
+        let index = match snapshot.listeners.get(last_index) {
+            Some(l) if l.spec.name == name => last_index,
+            _ => {
+                let Some(&index) = snapshot.listener_index.get(&name) else {
+                    continue;
+                };
+                last_index = index;
+                index
+            }
         };
         let Some(listener_rt) = snapshot.listeners.get(index) else {
             continue;

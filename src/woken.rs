@@ -13,11 +13,14 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 
-/// Polls `F` on the first poll and then only once `F`'s own waker fired.
-pub struct PollWhenWoken<F> {
-    inner: Pin<Box<F>>,
-    signal: Arc<Signal>,
-    polled_once: bool,
+pin_project_lite::pin_project! {
+    /// Polls `F` on the first poll and then only once `F`'s own waker fired.
+    pub struct PollWhenWoken<F> {
+        #[pin]
+        inner: F,
+        signal: Arc<Signal>,
+        polled_once: bool,
+    }
 }
 
 /// Set when the inner future's waker fires; wakes the task that polls the wrapper.
@@ -42,7 +45,7 @@ impl<F: Future> PollWhenWoken<F> {
     /// Wraps `inner`.
     pub fn new(inner: F) -> Self {
         PollWhenWoken {
-            inner: Box::pin(inner),
+            inner,
             signal: Arc::new(Signal::default()),
             polled_once: false,
         }
@@ -52,15 +55,16 @@ impl<F: Future> PollWhenWoken<F> {
 impl<F: Future> Future for PollWhenWoken<F> {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.signal.task.register(cx.waker());
-        if self.polled_once && !self.signal.woken.swap(false, Ordering::AcqRel) {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        this.signal.task.register(cx.waker());
+        if *this.polled_once && !this.signal.woken.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
-        self.polled_once = true;
-        let waker = Waker::from(Arc::clone(&self.signal));
+        *this.polled_once = true;
+        let waker = Waker::from(Arc::clone(this.signal));
         let mut inner_cx = Context::from_waker(&waker);
-        self.inner.as_mut().poll(&mut inner_cx)
+        this.inner.poll(&mut inner_cx)
     }
 }
 

@@ -279,8 +279,10 @@ where
     let mut armed = next_deadline(&activity, &limits);
     let sleep = tokio::time::sleep_until(armed);
     tokio::pin!(sleep);
-    let mut cancelled = crate::woken::PollWhenWoken::new(shutdown.cancelled());
-    let mut shed = crate::woken::PollWhenWoken::new(activity.shed_signal());
+    let cancelled = crate::woken::PollWhenWoken::new(shutdown.cancelled());
+    tokio::pin!(cancelled);
+    let shed = crate::woken::PollWhenWoken::new(activity.shed_signal());
+    tokio::pin!(shed);
     loop {
         let deadline = next_deadline(&activity, &limits);
         if deadline < armed || sleep.is_elapsed() {
