@@ -110,16 +110,32 @@ async fn run_serves_reloads_on_sighup_and_drains_on_sigterm() {
     assert!(status.success(), "exit status {status:?}");
 }
 
-/// Starts `tollgate run` with `rust_log` (None: unset), waits until it serves, stops it
-/// with SIGTERM and returns what it wrote to stderr.
+/// Starts `tollgate run` with `rust_log` (None: unset) on an http listener, waits until
+/// it serves, stops it with SIGTERM and returns what it wrote to stderr.
 async fn run_and_collect_logs(rust_log: Option<&str>) -> String {
+    let listener = |listen: SocketAddr| {
+        format!("{{ name: web, listen: \"{listen}\", protocol: http, routes: main }}")
+    };
+    run_with_listener_and_collect_logs(rust_log, listener, None).await
+}
+
+/// Starts `tollgate run` with `rust_log` and the listener `listener(addr)` (next to a
+/// route `main` and a pool `p` whose backend is down), waits until it listens, sends
+/// `hello` on a connection and waits for tollgate to close it, then stops it with
+/// SIGTERM and returns what it wrote to stderr.
+async fn run_with_listener_and_collect_logs(
+    rust_log: Option<&str>,
+    listener: impl Fn(SocketAddr) -> String,
+    hello: Option<Vec<u8>>,
+) -> String {
     let listen = free_port();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tollgate.yaml");
     std::fs::write(
         &file,
         format!(
-            "access_log: off\nlisteners: [ {{ name: web, listen: \"{listen}\", protocol: http, routes: main }} ]\nroutes: {{ main: [ {{ pool: p }} ] }}\npools: {{ p: {{ servers: [ {{ addr: \"127.0.0.1:9\" }} ] }} }}\n"
+            "access_log: off\nlisteners: [ {} ]\nroutes: {{ main: [ {{ pool: p }} ] }}\npools: {{ p: {{ servers: [ {{ addr: \"127.0.0.1:9\" }} ] }} }}\n",
+            listener(listen)
         ),
     )
     .unwrap();
@@ -135,13 +151,23 @@ async fn run_and_collect_logs(rust_log: Option<&str>) -> String {
     };
     let child = command.spawn().unwrap();
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    while TcpStream::connect(listen).await.is_err() {
+    let mut first = loop {
+        if let Ok(stream) = TcpStream::connect(listen).await {
+            break stream;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
             "tollgate run never listened"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if let Some(hello) = hello {
+        use tokio::io::AsyncWriteExt as _;
+        first.write_all(&hello).await.unwrap();
+        let (_, closed) = read_to_close(&mut first).await;
+        assert!(closed, "tollgate did not close the connection");
     }
+    drop(first);
     signal(child.id(), libc::SIGTERM);
     let output = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
@@ -149,6 +175,31 @@ async fn run_and_collect_logs(rust_log: Option<&str>) -> String {
         .unwrap();
     assert!(output.status.success(), "exit status {:?}", output.status);
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A connection's log line carries its span: `conn`, `peer`, `listener`, and the SNI
+/// recorded once the ClientHello is read.
+#[tokio::test]
+async fn a_connection_log_line_carries_its_span_fields_with_the_sni() {
+    let listener = |listen: SocketAddr| {
+        format!(
+            "{{ name: edge, listen: \"{listen}\", protocol: tls, sni: {{ \"app.test\": {{ passthrough: p }} }}, default: reject }}"
+        )
+    };
+    let hello = build_client_hello(Some(b"nope.test"), &[]);
+    let logs = run_with_listener_and_collect_logs(None, listener, Some(hello)).await;
+    let Some(line) = logs
+        .lines()
+        .find(|line| line.contains("SNI rule says reject"))
+    else {
+        panic!("no reject line in: {logs}");
+    };
+    assert!(line.contains(" conn{conn="), "{line}");
+    assert!(line.contains(" peer=127.0.0.1:"), "{line}");
+    assert!(
+        line.contains(r#" listener=edge sni="nope.test"}: "#),
+        "{line}"
+    );
 }
 
 /// RUST_LOG: unset is `info`; levels and targets go through a static filter, span
