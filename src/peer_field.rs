@@ -1,9 +1,8 @@
 //! [`PeerField`]: a client address as a log field, formatted the way `SocketAddr`
 //! displays it but without the formatting machinery for IPv4 (the numbers go through
-//! itoa). Every connection's span
-//! formats its `peer` once at accept; through `Display` for `SocketAddr`, `Ipv4Addr`
-//! and each of the four octets and the port, that was about a thousand instructions of
-//! a new connection's forty thousand.
+//! itoa). Every connection's span formats its `peer` once at accept; through `Display`
+//! for `SocketAddr`, `Ipv4Addr` and each of the four octets and the port, that was about
+//! a thousand instructions of a new connection's forty thousand.
 
 use std::fmt;
 use std::net::SocketAddr;
