@@ -218,6 +218,39 @@ async fn hop_by_hop_response_headers_not_passed_back() {
     );
 }
 
+#[tokio::test]
+async fn response_fields_reach_the_client_as_the_backend_wrote_them() {
+    // No compression and no cache on the route: the fields are copied, not re-encoded.
+    let backend = raw_backend(|mut conn, _| async move {
+        while conn.read_request().await.is_some() {
+            let _ = conn
+                .write(
+                    b"HTTP/1.1 200 OK\r\nX-First: One\r\nKeep-Alive: timeout=5\r\n\
+                      Date: Mon, 23 Nov 2026 12:13:16 GMT\r\nConnection: keep-alive\r\n\
+                      Content-Length: 2\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\
+                      Proxy-Connection: keep-alive\r\nX-Last:\r\n\r\nok",
+                )
+                .await;
+        }
+    })
+    .await;
+    let edge = Edge::single_mode(backend.addr, "pooled", "").await;
+    let mut raw = edge.raw_plain().await;
+    for _ in 0..2 {
+        raw.write(b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+            .await
+            .unwrap();
+        let response = raw.read_response().await.expect("response");
+        assert_eq!((response.status(), response.text().as_str()), (200, "ok"));
+        // In the backend's order and case; hop-by-hop fields out, no second Date.
+        assert_eq!(
+            response.head,
+            "HTTP/1.1 200 OK\r\nX-First: One\r\nDate: Mon, 23 Nov 2026 12:13:16 GMT\r\n\
+             Content-Length: 2\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\nX-Last:\r\n\r\n"
+        );
+    }
+}
+
 /// Sends `request` on a fresh connection: 400, then the connection closes, and the
 /// backend saw nothing.
 async fn assert_refused<S>(mut raw: RawConn<S>, request: &str, seen: &std::sync::Mutex<Vec<String>>)

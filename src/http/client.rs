@@ -145,10 +145,13 @@ impl PoolClient {
     /// Sends `request` to a backend and waits for the response head. `upgrade`: the
     /// request asks for a protocol upgrade (`Connection: upgrade` with `Upgrade`, as the
     /// client connection's parser found), so it gets a connection of its own.
+    /// `raw_fields`: nothing reads the response's fields before the client connection
+    /// writes them (no compression, no cache), so they are kept as they arrive.
     pub async fn send(
         self: &Arc<Self>,
         request: Request<ProxyBody>,
         upgrade: bool,
+        raw_fields: bool,
         client: std::net::SocketAddr,
         connect_timeout: Duration,
         response_timeout: Duration,
@@ -172,7 +175,7 @@ impl PoolClient {
         // An idempotent, body-less request that fails before any response byte (a reused
         // connection the backend had closed, or a backend that died with the request in
         // flight) is sent once more: keep what is needed to rebuild it.
-        let mut request = exchange::Outgoing::new(request);
+        let mut request = exchange::Outgoing::new(request, raw_fields && !upgrade);
         let retry = request.retry_copy();
         let (conn, guard) = match idle {
             Some(pair) => pair,

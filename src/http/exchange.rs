@@ -12,6 +12,7 @@ pub mod batch;
 pub mod body;
 pub mod chunked;
 pub mod head;
+pub mod raw_fields;
 pub mod request;
 
 use std::io;
@@ -121,11 +122,15 @@ pub struct Outgoing {
     head: Bytes,
     method: Method,
     body: Option<(ProxyBody, RequestFraming)>,
+    /// The response's fields are kept as they arrive (`head::RawFields`) instead of
+    /// going into a header map: nothing on the way to the client reads them.
+    raw_fields: bool,
 }
 
 impl Outgoing {
-    /// Encodes the head of `request`.
-    pub fn new(request: Request<ProxyBody>) -> Self {
+    /// Encodes the head of `request`. `raw_fields`: its response's fields are written to
+    /// the client as they arrive, not read by any content feature.
+    pub fn new(request: Request<ProxyBody>, raw_fields: bool) -> Self {
         let (parts, body) = request.into_parts();
         let framing = request::framing(&parts, &body);
         let mut out = BytesMut::with_capacity(512);
@@ -134,6 +139,7 @@ impl Outgoing {
             head: out.freeze(),
             method: parts.method,
             body: (framing != RequestFraming::None).then_some((body, framing)),
+            raw_fields,
         }
     }
 
@@ -168,6 +174,7 @@ impl Outgoing {
             head: self.head.clone(),
             method: self.method.clone(),
             body: None,
+            raw_fields: self.raw_fields,
         })
     }
 }
@@ -179,7 +186,12 @@ pub async fn exchange(
     request: Outgoing,
     batch: Option<&Arc<SendBatcher>>,
 ) -> Result<Answer, ExchangeError> {
-    let Outgoing { head, method, body } = request;
+    let Outgoing {
+        head,
+        method,
+        body,
+        raw_fields,
+    } = request;
     if conn.buf.capacity() < HEAD_BUFFER {
         conn.buf.reserve(HEAD_BUFFER);
     }
@@ -219,7 +231,8 @@ pub async fn exchange(
                 Poll::Pending => {}
             }
         }
-        poll_head(&mut conn.stream, &mut conn.buf, &method, &mut answered, cx)
+        let reading = (&mut conn.stream, &mut conn.buf);
+        poll_head(reading, &method, raw_fields, &mut answered, cx)
     })
     .await;
     let answer = head_result?;
@@ -406,15 +419,15 @@ impl RequestSender {
 
 /// Reads until a final response head is complete; 1xx interim responses are dropped.
 fn poll_head(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
+    (stream, buf): (&mut TcpStream, &mut BytesMut),
     method: &Method,
+    raw_fields: bool,
     answered: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<ResponseHead, ExchangeError>> {
     loop {
         if !buf.is_empty() {
-            if let Some(head) = head::parse(buf, method)? {
+            if let Some(head) = head::parse(buf, method, raw_fields)? {
                 if head.parts.status.is_informational()
                     && head.parts.status != hyper::StatusCode::SWITCHING_PROTOCOLS
                 {

@@ -45,6 +45,41 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
         || matches!(name.as_str(), "keep-alive" | "proxy-connection")
 }
 
+/// What a field is to the proxy, told from its name's bytes in any case: the head parser
+/// that writes a backend's fields through as they came (`exchange/raw_fields.rs`) needs
+/// this without building a `HeaderName` per field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    KeepAlive,
+    /// Another hop-by-hop field (`is_hop_by_hop`).
+    HopByHop,
+    Date,
+    /// An end-to-end field the proxy does not look at.
+    Other,
+}
+
+/// The kind of the field named `name` (any case), as `is_hop_by_hop` and
+/// `FramingFields::note` see it.
+pub fn field_kind(name: &[u8]) -> FieldKind {
+    let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+    match name.len() {
+        2 if is("te") => FieldKind::HopByHop,
+        4 if is("date") => FieldKind::Date,
+        7 if is("trailer") || is("upgrade") => FieldKind::HopByHop,
+        10 if is("connection") => FieldKind::Connection,
+        10 if is("keep-alive") => FieldKind::KeepAlive,
+        14 if is("content-length") => FieldKind::ContentLength,
+        16 if is("proxy-connection") => FieldKind::HopByHop,
+        17 if is("transfer-encoding") => FieldKind::TransferEncoding,
+        18 if is("proxy-authenticate") => FieldKind::HopByHop,
+        19 if is("proxy-authorization") => FieldKind::HopByHop,
+        _ => FieldKind::Other,
+    }
+}
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -127,23 +162,38 @@ pub struct FramingFields {
 impl FramingFields {
     /// Notes the field `name: value`; `false` when `name` is none of the three.
     pub fn note(&mut self, name: &HeaderName, value: &[u8]) -> bool {
-        if *name == CONTENT_LENGTH {
-            self.length = Some(match (self.length, parse_content_length(value)) {
-                (None, Some(n)) => Ok(n),
-                (Some(Ok(seen)), Some(n)) if seen == n => Ok(n),
-                _ => Err(()),
-            });
+        let kind = if *name == CONTENT_LENGTH {
+            FieldKind::ContentLength
         } else if *name == TRANSFER_ENCODING {
-            // The final coding of the last field is the message's final coding.
-            if let Some(last) = last_token(value) {
-                self.coding = Some(last.eq_ignore_ascii_case(b"chunked"));
-            } else if self.coding.is_none() {
-                self.coding = Some(false);
-            }
+            FieldKind::TransferEncoding
         } else if *name == CONNECTION {
-            self.tokens.note(value);
+            FieldKind::Connection
         } else {
             return false;
+        };
+        self.note_kind(kind, value)
+    }
+
+    /// Notes a field of kind `kind`; `false` when it is none of the three.
+    pub fn note_kind(&mut self, kind: FieldKind, value: &[u8]) -> bool {
+        match kind {
+            FieldKind::ContentLength => {
+                self.length = Some(match (self.length, parse_content_length(value)) {
+                    (None, Some(n)) => Ok(n),
+                    (Some(Ok(seen)), Some(n)) if seen == n => Ok(n),
+                    _ => Err(()),
+                });
+            }
+            FieldKind::TransferEncoding => {
+                // The final coding of the last field is the message's final coding.
+                if let Some(last) = last_token(value) {
+                    self.coding = Some(last.eq_ignore_ascii_case(b"chunked"));
+                } else if self.coding.is_none() {
+                    self.coding = Some(false);
+                }
+            }
+            FieldKind::Connection => self.tokens.note(value),
+            _ => return false,
         }
         true
     }

@@ -330,9 +330,13 @@ async fn to_pool(
     };
     let backend_request = Request::from_parts(parts, body);
 
+    // No content feature reads this response's fields: they go to the client as the
+    // backend sent them, without a header map (`exchange/raw_fields.rs`).
+    let raw_fields = rule.compress.is_none() && rule.cache.is_none();
     let send = client.send(
         backend_request,
         upgrade,
+        raw_fields,
         cx.peer,
         cx.timeouts.connect,
         cx.timeouts.backend_response,

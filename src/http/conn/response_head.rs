@@ -13,6 +13,7 @@ use hyper::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use hyper::http::response::Parts;
 use hyper::StatusCode;
 
+use crate::http::exchange::raw_fields::RawFields;
 use crate::http::headers::parse_content_length;
 use crate::http::headers::Tokens;
 
@@ -66,6 +67,13 @@ pub fn encode(
     let mut length = None;
     let mut coded = false;
     let mut dated = false;
+    // A backend's fields kept as they arrived (`exchange/raw_fields.rs`): no framing
+    // or Connection field among them, and the map is empty.
+    if let Some(raw) = parts.extensions.get::<RawFields>() {
+        raw.write(out);
+        length = raw.length;
+        dated = raw.dated;
+    }
     for (name, value) in headers {
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");

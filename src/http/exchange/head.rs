@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use hyper::header::{HeaderName, HeaderValue, CONNECTION};
 use hyper::{HeaderMap, Method, StatusCode, Version};
 
+use super::raw_fields::RawFields;
 use crate::http::headers::{
     field_spans, is_hop_by_hop, keep_alive_timeout, strip_hop_by_hop, FramingFields,
 };
@@ -61,8 +62,14 @@ pub enum HeadError {
 }
 
 /// Parses the head at the front of `buf`. `Ok(None)`: incomplete, read more. On success
-/// the head's bytes are taken off `buf`; what follows (body bytes) stays.
-pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>, HeadError> {
+/// the head's bytes are taken off `buf`; what follows (body bytes) stays. With
+/// `raw_fields`, a final response's end-to-end fields are kept as they arrived, in the
+/// parts' extensions (`RawFields`), and its header map stays empty.
+pub fn parse(
+    buf: &mut BytesMut,
+    method: &Method,
+    raw_fields: bool,
+) -> Result<Option<ResponseHead>, HeadError> {
     // Left uninitialised: httparse writes only the fields it finds.
     let mut fields =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
@@ -95,6 +102,17 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>
     let count = response.headers.len();
     let spans = field_spans(buf.as_ptr(), response.headers);
     let head: Bytes = buf.split_to(used).freeze();
+    let Ok(status) = StatusCode::from_u16(code) else {
+        return Err(HeadError::Malformed(httparse::Error::Status));
+    };
+    if raw_fields && code >= 200 {
+        if let Some(collected) = RawFields::collect(&head, &spans) {
+            let mut head = finish(method, status, version, collected.framing)?;
+            head.keep_alive_secs = collected.keep_alive_secs;
+            head.parts.extensions.insert(collected.fields);
+            return Ok(Some(head));
+        }
+    }
     let mut headers = HeaderMap::with_capacity(count);
     // What framing and keep-alive depend on, noted while the fields go into the map.
     let mut fields = FramingFields::default();
@@ -133,9 +151,20 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>
     if end_to_end_only && fields.tokens.names_fields {
         strip_hop_by_hop(&mut headers, false);
     }
-    let Ok(status) = StatusCode::from_u16(code) else {
-        return Err(HeadError::Malformed(httparse::Error::Status));
-    };
+    let mut head = finish(method, status, version, fields)?;
+    head.keep_alive_secs = keep_alive_secs;
+    head.parts.headers = headers;
+    Ok(Some(head))
+}
+
+/// The head of a `status` response with what its fields said about framing and the
+/// connection, without fields yet.
+fn finish(
+    method: &Method,
+    status: StatusCode,
+    version: Version,
+    fields: FramingFields,
+) -> Result<ResponseHead, HeadError> {
     let FramingFields {
         length,
         coding,
@@ -153,13 +182,12 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>
     let mut parts = hyper::Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;
-    parts.headers = headers;
-    Ok(Some(ResponseHead {
+    Ok(ResponseHead {
         parts,
-        keep_alive_secs,
+        keep_alive_secs: None,
         framing,
         keep_alive,
-    }))
+    })
 }
 
 /// The response's body framing (RFC 9112 §6.3) from what the parse noted: `coding` is
@@ -205,7 +233,104 @@ mod tests {
         method: &Method,
     ) -> Result<Option<(ResponseHead, Vec<u8>)>, HeadError> {
         let mut buf = BytesMut::from(input);
-        Ok(parse(&mut buf, method)?.map(|h| (h, buf.to_vec())))
+        Ok(parse(&mut buf, method, false)?.map(|h| (h, buf.to_vec())))
+    }
+
+    /// Parses with the fields kept as they arrived; `None` while incomplete.
+    fn parse_raw(input: &[u8], method: &Method) -> Result<Option<ResponseHead>, HeadError> {
+        parse(&mut BytesMut::from(input), method, true)
+    }
+
+    fn raw(head: &ResponseHead) -> &RawFields {
+        head.parts.extensions.get::<RawFields>().unwrap()
+    }
+
+    fn written(head: &ResponseHead) -> String {
+        let mut out = BytesMut::new();
+        raw(head).write(&mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn raw_fields_on_every_prefix_of_a_real_head() {
+        let head_len = NGINX.len() - 5;
+        for cut in 0..head_len {
+            assert!(
+                parse_raw(&NGINX[..cut], &Method::GET).unwrap().is_none(),
+                "prefix {cut}"
+            );
+        }
+        let mut buf = BytesMut::from(NGINX);
+        let head = parse(&mut buf, &Method::GET, true).unwrap().unwrap();
+        assert_eq!(&buf[..], b"hello");
+        assert_eq!(head.parts.status, 200);
+        assert_eq!(head.framing, BodyFraming::Length(5));
+        assert!(head.keep_alive);
+        assert!(head.parts.headers.is_empty());
+        let fields = raw(&head);
+        assert_eq!((fields.length, fields.dated), (Some(5), true));
+        // As the backend wrote them, in its order and case, without Connection.
+        assert_eq!(
+            written(&head),
+            "Server: nginx\r\nDate: Mon, 23 Nov 2026 12:13:16 GMT\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nX-Backend: a\r\n"
+        );
+    }
+
+    #[test]
+    fn raw_fields_leave_hop_by_hop_fields_out_and_note_them() {
+        let input = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5, max=100\r\nProxy-Connection: keep-alive\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nUpgrade: h2c\r\nTE: trailers\r\nX-Backend: a\r\nProxy-Authenticate: Basic\r\n\r\n";
+        let head = parse_raw(input, &Method::GET).unwrap().unwrap();
+        assert_eq!(written(&head), "X-Backend: a\r\n");
+        assert_eq!(head.framing, BodyFraming::Chunked);
+        assert!(head.keep_alive);
+        assert_eq!(head.keep_alive_secs, Some(5));
+        assert_eq!(raw(&head).length, None);
+        assert!(!raw(&head).dated);
+    }
+
+    #[test]
+    fn raw_fields_end_each_line_in_crlf() {
+        // Bare LF line ends, an empty value, trailing whitespace.
+        let input = b"HTTP/1.1 200 OK\nA: 1\nB:\r\nC: 3  \r\nD: 4\r\nContent-Length: 0\r\n\r\n";
+        let head = parse_raw(input, &Method::GET).unwrap().unwrap();
+        assert_eq!(
+            written(&head),
+            "A: 1\r\nB:\r\nC: 3\r\nD: 4\r\nContent-Length: 0\r\n"
+        );
+        assert_eq!(
+            raw(&head).pairs(),
+            [
+                ("A", "1"),
+                ("B", ""),
+                ("C", "3"),
+                ("D", "4"),
+                ("Content-Length", "0")
+            ]
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+        );
+    }
+
+    #[test]
+    fn fields_a_connection_field_names_take_the_map_path() {
+        let input = b"HTTP/1.1 200 OK\r\nX-Before: 1\r\nConnection: close, X-Before\r\nX-Kept: 3\r\nContent-Length: 0\r\n\r\n";
+        let head = parse_raw(input, &Method::GET).unwrap().unwrap();
+        assert!(head.parts.extensions.get::<RawFields>().is_none());
+        let mut kept = names(&head);
+        kept.sort_unstable();
+        assert_eq!(kept, ["content-length", "x-kept"]);
+        assert!(!head.keep_alive);
+    }
+
+    #[test]
+    fn interim_and_switching_heads_keep_the_map() {
+        for input in [
+            &b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"[..],
+            b"HTTP/1.1 100 Continue\r\nX-A: 1\r\n\r\n",
+        ] {
+            let head = parse_raw(input, &Method::GET).unwrap().unwrap();
+            assert!(head.parts.extensions.get::<RawFields>().is_none());
+            assert!(!head.parts.headers.is_empty());
+        }
     }
 
     #[test]
@@ -369,10 +494,14 @@ mod tests {
             ),
         ];
         for (input, method, framing, keep) in cases {
-            let (head, _) = parse_all(input, method).unwrap().unwrap();
             let text = String::from_utf8_lossy(input);
+            let (head, _) = parse_all(input, method).unwrap().unwrap();
             assert_eq!(head.framing, *framing, "{text}");
             assert_eq!(head.keep_alive, *keep, "{text}");
+            // The same with the fields kept as they arrived.
+            let head = parse_raw(input, method).unwrap().unwrap();
+            assert_eq!(head.framing, *framing, "raw: {text}");
+            assert_eq!(head.keep_alive, *keep, "raw: {text}");
         }
     }
 
@@ -386,6 +515,10 @@ mod tests {
         ] {
             assert!(matches!(
                 parse_all(input, &Method::GET),
+                Err(HeadError::BadContentLength)
+            ));
+            assert!(matches!(
+                parse_raw(input, &Method::GET),
                 Err(HeadError::BadContentLength)
             ));
         }

@@ -174,3 +174,49 @@ fn keep_alive_timeout_parsed() {
     assert_eq!(keep_alive_timeout(b"timeout=5, max=100"), Some(5));
     assert_eq!(keep_alive_timeout(b"max=100"), None);
 }
+
+#[test]
+fn field_kind_agrees_with_the_header_map_names() {
+    let names = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "content-length",
+        "date",
+        "content-type",
+        "x-backend",
+        "tea",
+        "dates",
+        "upgrades",
+        "x-connection",
+    ];
+    for lower in names {
+        let name = HeaderName::from_static(lower);
+        for spelled in [lower.to_string(), lower.to_ascii_uppercase()] {
+            let kind = field_kind(spelled.as_bytes());
+            let hop = !matches!(
+                kind,
+                FieldKind::ContentLength | FieldKind::Date | FieldKind::Other
+            );
+            assert_eq!(hop, is_hop_by_hop(&name), "{spelled}");
+            assert_eq!(
+                kind == FieldKind::Date,
+                name == hyper::header::DATE,
+                "{spelled}"
+            );
+            let mut by_name = FramingFields::default();
+            let mut by_kind = FramingFields::default();
+            assert_eq!(
+                by_name.note(&name, b"5"),
+                by_kind.note_kind(kind, b"5"),
+                "{spelled}"
+            );
+        }
+    }
+}
