@@ -132,10 +132,13 @@ async fn forwarding_headers_added_and_appended() {
             )]
         );
         assert_eq!(get_header(&seen, "host"), ["app.example.com:8443"]);
-        // Without a client-sent list, the list starts with the client.
+        // Without a client-sent list, the list starts with the client (these four go
+        // out as prebuilt lines: each once).
         let got = conn.get("app.example.com", "/fwd").await.unwrap();
         let seen = head_headers(got.text().split_once('\n').unwrap().1);
         assert_eq!(get_header(&seen, "x-forwarded-for"), ["127.0.0.1"]);
+        assert_eq!(get_header(&seen, "x-forwarded-proto"), [proto]);
+        assert_eq!(get_header(&seen, "x-forwarded-host"), ["app.example.com"]);
         assert_eq!(
             get_header(&seen, "forwarded"),
             [format!("for=127.0.0.1;proto={proto};host=app.example.com")]

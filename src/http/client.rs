@@ -91,6 +91,20 @@ impl std::fmt::Debug for PoolClient {
     }
 }
 
+/// How `PoolClient::send` sends a request and reads its answer.
+#[derive(Debug, Default)]
+pub struct Sending {
+    /// The request asks for a protocol upgrade (`Connection: upgrade` with `Upgrade`, as
+    /// the client connection's parser found): it gets a connection of its own.
+    pub upgrade: bool,
+    /// Nothing reads the response's fields before the client connection writes them (no
+    /// compression, no cache): they are kept as they arrive (`exchange/raw_fields.rs`).
+    pub raw_fields: bool,
+    /// Field lines written after the request's own: the forwarding fields, when the
+    /// client sent none (`headers::forwarding_lines`).
+    pub extra_fields: Option<Bytes>,
+}
+
 /// A response from a backend, with what the proxy needs to know about it.
 pub struct Forwarded {
     /// The response; its body streams from the backend.
@@ -142,20 +156,20 @@ impl PoolClient {
         self.mode
     }
 
-    /// Sends `request` to a backend and waits for the response head. `upgrade`: the
-    /// request asks for a protocol upgrade (`Connection: upgrade` with `Upgrade`, as the
-    /// client connection's parser found), so it gets a connection of its own.
-    /// `raw_fields`: nothing reads the response's fields before the client connection
-    /// writes them (no compression, no cache), so they are kept as they arrive.
+    /// Sends `request` to a backend, as `how` says, and waits for the response head.
     pub async fn send(
         self: &Arc<Self>,
         request: Request<ProxyBody>,
-        upgrade: bool,
-        raw_fields: bool,
+        how: Sending,
         client: std::net::SocketAddr,
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Result<Forwarded, ForwardError> {
+        let Sending {
+            upgrade,
+            raw_fields,
+            extra_fields,
+        } = how;
         let pooled = self.mode == BackendConnections::Pooled;
         // One balancer decision per request: reuse an idle connection to the chosen
         // backend (pooled), else connect along the same candidate order.
@@ -175,7 +189,11 @@ impl PoolClient {
         // An idempotent, body-less request that fails before any response byte (a reused
         // connection the backend had closed, or a backend that died with the request in
         // flight) is sent once more: keep what is needed to rebuild it.
-        let mut request = exchange::Outgoing::new(request, raw_fields && !upgrade);
+        let mut request = exchange::Outgoing::new(
+            request,
+            extra_fields.as_deref().unwrap_or_default(),
+            raw_fields && !upgrade,
+        );
         let retry = request.retry_copy();
         let (conn, guard) = match idle {
             Some(pair) => pair,

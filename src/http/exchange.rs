@@ -128,13 +128,14 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// Encodes the head of `request`. `raw_fields`: its response's fields are written to
-    /// the client as they arrive, not read by any content feature.
-    pub fn new(request: Request<ProxyBody>, raw_fields: bool) -> Self {
+    /// Encodes the head of `request`, with `extra_fields` (CRLF-ended lines) after its
+    /// own. `raw_fields`: its response's fields are written to the client as they
+    /// arrive, not read by any content feature.
+    pub fn new(request: Request<ProxyBody>, extra_fields: &[u8], raw_fields: bool) -> Self {
         let (parts, body) = request.into_parts();
         let framing = request::framing(&parts, &body);
         let mut out = BytesMut::with_capacity(512);
-        request::encode_head(&parts, framing, &mut out);
+        request::encode_head(&parts, framing, extra_fields, &mut out);
         Outgoing {
             head: out.freeze(),
             method: parts.method,

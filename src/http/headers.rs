@@ -1,14 +1,17 @@
 //! Header rules of the L7 module: framing checks on requests (conflicting
 //! Content-Length / Transfer-Encoding → 400), hop-by-hop headers stripped both ways
 //! (and any header named in `Connection`), and the forwarding headers added to each
-//! request: X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host, Forwarded.
-
-use std::net::IpAddr;
+//! request: X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host, Forwarded
+//! (`headers/forwarding.rs`).
 
 use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, FORWARDED, HOST,
-    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
+
+mod forwarding;
+
+pub use forwarding::{add_forwarding, forwarding_lines, ClientIdentity};
 
 /// Where each field of a parsed head sits in the head's buffer: (name start, name
 /// length, value start, value length). Up to 32 fields stay on the stack, and only the
@@ -79,10 +82,6 @@ pub fn field_kind(name: &[u8]) -> FieldKind {
         _ => FieldKind::Other,
     }
 }
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Whether a request's framing headers are ambiguous: both Content-Length and
 /// Transfer-Encoding, or Content-Length values that disagree. Such a request is the
@@ -280,140 +279,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(UPGRADE, value);
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
-}
-
-/// What a connection's client adds to the forwarding headers of each of its requests,
-/// formatted once per connection: its address as an X-Forwarded-For element and as a
-/// Forwarded `for=` node. The last `Forwarded` value built is kept with the Host and
-/// proto it was built for: a keep-alive connection usually repeats both.
-#[derive(Debug)]
-pub struct ClientIdentity {
-    xff: HeaderValue,
-    text: String,
-    forwarded_for: String,
-    last_forwarded: std::sync::Mutex<Option<LastForwarded>>,
-}
-
-#[derive(Debug)]
-struct LastForwarded {
-    /// A copy, never a clone: a clone would share (and keep alive) the buffer the request
-    /// head was read into, and the connection would then allocate a new one for every
-    /// request.
-    host: Option<HeaderValue>,
-    proto: &'static str,
-    value: HeaderValue,
-}
-
-impl ClientIdentity {
-    /// The identity of `client`.
-    pub fn new(client: IpAddr) -> Self {
-        let text = client.to_string();
-        let forwarded_for = match client {
-            IpAddr::V4(_) => format!("for={text}"),
-            IpAddr::V6(_) => format!("for=\"[{text}]\""),
-        };
-        let xff = HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("unknown"));
-        ClientIdentity {
-            xff,
-            text,
-            forwarded_for,
-            last_forwarded: std::sync::Mutex::new(None),
-        }
-    }
-}
-
-/// Adds the forwarding headers for a request from `client` over `proto`
-/// (`http`/`https`). `host` is the request's Host as the client sent it.
-pub fn add_forwarding(
-    headers: &mut HeaderMap,
-    client: &ClientIdentity,
-    proto: &'static str,
-    host: Option<&HeaderValue>,
-) {
-    // X-Forwarded-For: append to the existing list (several lines join into one).
-    match previous_list(headers, &X_FORWARDED_FOR, client.text.len()) {
-        None => {
-            headers.insert(X_FORWARDED_FOR.clone(), client.xff.clone());
-        }
-        Some(mut list) => {
-            list.push_str(&client.text);
-            if let Ok(v) = HeaderValue::from_str(&list) {
-                headers.insert(X_FORWARDED_FOR.clone(), v);
-            }
-        }
-    }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-    }
-    // Forwarded (RFC 7239): append an element for this hop.
-    if !headers.contains_key(FORWARDED) {
-        if let Ok(mut last) = client.last_forwarded.lock() {
-            if let Some(seen) = last.as_ref() {
-                if seen.proto == proto && seen.host.as_ref() == host {
-                    headers.insert(FORWARDED, seen.value.clone());
-                    return;
-                }
-            }
-            if let Some(value) = forwarded_value(headers, client, proto, host) {
-                *last = Some(LastForwarded {
-                    host: host.and_then(|h| HeaderValue::from_bytes(h.as_bytes()).ok()),
-                    proto,
-                    value: value.clone(),
-                });
-                headers.insert(FORWARDED, value);
-            }
-            return;
-        }
-    }
-    if let Some(value) = forwarded_value(headers, client, proto, host) {
-        headers.insert(FORWARDED, value);
-    }
-}
-
-/// The `Forwarded` value: the request's own list, then this hop's element.
-fn forwarded_value(
-    headers: &HeaderMap,
-    client: &ClientIdentity,
-    proto: &'static str,
-    host: Option<&HeaderValue>,
-) -> Option<HeaderValue> {
-    let host_text = host.and_then(|h| h.to_str().ok());
-    let element_len =
-        client.forwarded_for.len() + 7 + proto.len() + host_text.map_or(0, |h| h.len() + 8);
-    let mut forwarded = previous_list(headers, &FORWARDED, element_len)
-        .unwrap_or_else(|| String::with_capacity(element_len));
-    forwarded.push_str(&client.forwarded_for);
-    forwarded.push_str(";proto=");
-    forwarded.push_str(proto);
-    if let Some(h) = host_text {
-        if h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-        {
-            forwarded.push_str(";host=");
-            forwarded.push_str(h);
-        } else {
-            forwarded.push_str(&format!(";host={h:?}"));
-        }
-    }
-    HeaderValue::from_str(&forwarded).ok()
-}
-
-/// The values of a list header joined with `, `, followed by `, ` and room for `extra`
-/// more bytes; `None` when the header is absent or blank (or not text).
-fn previous_list(headers: &HeaderMap, name: &HeaderName, extra: usize) -> Option<String> {
-    let mut out: Option<String> = None;
-    for value in headers.get_all(name) {
-        let Ok(text) = value.to_str() else { continue };
-        let text = text.trim();
-        if text.is_empty() {
-            continue;
-        }
-        let list = out.get_or_insert_with(|| String::with_capacity(text.len() + 2 + extra));
-        list.push_str(text);
-        list.push_str(", ");
-    }
-    out
 }
 
 /// The request's host without port, lower-cased: from the URI authority

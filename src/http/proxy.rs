@@ -14,7 +14,7 @@ use hyper::body::Body;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode, Version};
 
-use super::client::{full_body, ForwardError, PoolClient, ProxyBody};
+use super::client::{full_body, ForwardError, PoolClient, ProxyBody, Sending};
 use super::conn::{AwaitingHead, ConnActivity, InFlight, RequestBody};
 use super::headers;
 use super::routes::{CompiledRule, RouteTable, Target};
@@ -293,12 +293,18 @@ async fn to_pool(
     let (mut parts, body) = request.into_parts();
     let original_host = parts.headers.get(HOST).cloned();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::add_forwarding(
-        &mut parts.headers,
-        &cx.client,
-        cx.proto,
-        original_host.as_ref(),
-    );
+    // The forwarding fields go out as prebuilt lines when the client sent none of them,
+    // else through the map, where the client's lists are appended to.
+    let forwarding =
+        headers::forwarding_lines(&parts.headers, &cx.client, cx.proto, original_host.as_ref());
+    if forwarding.is_none() {
+        headers::add_forwarding(
+            &mut parts.headers,
+            &cx.client,
+            cx.proto,
+            original_host.as_ref(),
+        );
+    }
     if original_host.is_none() {
         if let Some(authority) = parts.uri.authority() {
             if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
@@ -332,11 +338,14 @@ async fn to_pool(
 
     // No content feature reads this response's fields: they go to the client as the
     // backend sent them, without a header map (`exchange/raw_fields.rs`).
-    let raw_fields = rule.compress.is_none() && rule.cache.is_none();
+    let how = Sending {
+        upgrade,
+        raw_fields: rule.compress.is_none() && rule.cache.is_none(),
+        extra_fields: forwarding,
+    };
     let send = client.send(
         backend_request,
-        upgrade,
-        raw_fields,
+        how,
         cx.peer,
         cx.timeouts.connect,
         cx.timeouts.backend_response,

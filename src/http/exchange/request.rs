@@ -46,8 +46,14 @@ pub fn framing(parts: &Parts, body: &ProxyBody) -> RequestFraming {
     RequestFraming::Chunked
 }
 
-/// Appends the head of the request in `parts` to `out`.
-pub fn encode_head(parts: &Parts, framing: RequestFraming, out: &mut BytesMut) {
+/// Appends the head of the request in `parts` to `out`, with `extra_fields` (CRLF-ended
+/// field lines) after its own fields.
+pub fn encode_head(
+    parts: &Parts,
+    framing: RequestFraming,
+    extra_fields: &[u8],
+    out: &mut BytesMut,
+) {
     out.put_slice(parts.method.as_str().as_bytes());
     out.put_u8(b' ');
     match parts.uri.path_and_query() {
@@ -64,6 +70,7 @@ pub fn encode_head(parts: &Parts, framing: RequestFraming, out: &mut BytesMut) {
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
+    out.put_slice(extra_fields);
     match framing {
         RequestFraming::None => {}
         RequestFraming::Length(n) => {
@@ -86,7 +93,7 @@ mod tests {
         let (parts, body) = request.into_parts();
         let framing = framing(&parts, &body);
         let mut out = BytesMut::new();
-        encode_head(&parts, framing, &mut out);
+        encode_head(&parts, framing, b"", &mut out);
         (framing, String::from_utf8(out.to_vec()).unwrap())
     }
 

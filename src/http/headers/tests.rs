@@ -220,3 +220,81 @@ fn field_kind_agrees_with_the_header_map_names() {
         }
     }
 }
+
+/// The fields `add_forwarding` puts into an empty map, in order.
+fn inserted(client: &ClientIdentity, proto: &'static str, host: Option<&HeaderValue>) -> String {
+    let mut h = HeaderMap::new();
+    add_forwarding(&mut h, client, proto, host);
+    h.iter()
+        .map(|(k, v)| format!("{k}: {}\r\n", v.to_str().unwrap()))
+        .collect()
+}
+
+#[test]
+fn forwarding_lines_say_what_add_forwarding_inserts() {
+    let v4 = ClientIdentity::new("192.0.2.7".parse().unwrap());
+    let v6 = ClientIdentity::new("2001:db8::1".parse().unwrap());
+    let plain = HeaderValue::from_static("app.example.com:8443");
+    let odd = HeaderValue::from_static("a b");
+    for (client, proto, host) in [
+        (&v4, "https", Some(&plain)),
+        (&v4, "http", None),
+        (&v6, "http", Some(&plain)),
+        (&v6, "https", Some(&odd)),
+    ] {
+        let lines = forwarding_lines(&HeaderMap::new(), client, proto, host).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&lines).unwrap(),
+            inserted(client, proto, host),
+            "{proto} {host:?}"
+        );
+    }
+    let lines = forwarding_lines(&HeaderMap::new(), &v4, "https", Some(&plain)).unwrap();
+    assert_eq!(
+        std::str::from_utf8(&lines).unwrap(),
+        "x-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: https\r\n\
+         x-forwarded-host: app.example.com:8443\r\n\
+         forwarded: for=192.0.2.7;proto=https;host=app.example.com:8443\r\n"
+    );
+}
+
+#[test]
+fn forwarding_lines_are_built_once_per_host_and_proto() {
+    let client = ClientIdentity::new("192.0.2.7".parse().unwrap());
+    let a = HeaderValue::from_static("a.example.com");
+    let b = HeaderValue::from_static("b.example.com");
+    let first = forwarding_lines(&HeaderMap::new(), &client, "http", Some(&a)).unwrap();
+    let again = forwarding_lines(&HeaderMap::new(), &client, "http", Some(&a)).unwrap();
+    // The same buffer: nothing was built the second time.
+    assert_eq!(first.as_ptr(), again.as_ptr());
+    let other = forwarding_lines(&HeaderMap::new(), &client, "http", Some(&b)).unwrap();
+    assert_ne!(first.as_ptr(), other.as_ptr());
+    assert!(std::str::from_utf8(&other)
+        .unwrap()
+        .contains("host=b.example.com"));
+    // After the map path built the Forwarded value, the lines follow it.
+    let mut h = HeaderMap::new();
+    add_forwarding(&mut h, &client, "https", Some(&a));
+    let lines = forwarding_lines(&HeaderMap::new(), &client, "https", Some(&a)).unwrap();
+    assert_eq!(
+        std::str::from_utf8(&lines).unwrap(),
+        inserted(&client, "https", Some(&a))
+    );
+}
+
+#[test]
+fn a_request_with_forwarding_fields_takes_the_map_path() {
+    let client = ClientIdentity::new("192.0.2.7".parse().unwrap());
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+    ] {
+        let sent = map(&[("accept", "*/*"), (name, "x")]);
+        assert!(
+            forwarding_lines(&sent, &client, "http", None).is_none(),
+            "{name}"
+        );
+    }
+}
