@@ -122,7 +122,7 @@ pub struct Outgoing {
     head: Bytes,
     method: Method,
     body: Option<(ProxyBody, RequestFraming)>,
-    /// The response's fields are kept as they arrive (`head::RawFields`) instead of
+    /// The response's fields are kept as they arrive (`raw_fields::RawFields`) instead of
     /// going into a header map: nothing on the way to the client reads them.
     raw_fields: bool,
 }

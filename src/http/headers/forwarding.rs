@@ -53,6 +53,34 @@ impl ClientIdentity {
             last_forwarded: std::sync::Mutex::new(None),
         }
     }
+
+    /// `use_it` on the cached `Forwarded` element for `proto` and `host`, built (and the
+    /// previous one dropped) when the last one was for another pair. `None` when the
+    /// element is not a valid field value or the cache's lock is poisoned.
+    fn with_last<R>(
+        &self,
+        proto: &'static str,
+        host: Option<&HeaderValue>,
+        use_it: impl FnOnce(&mut LastForwarded) -> R,
+    ) -> Option<R> {
+        let Ok(mut last) = self.last_forwarded.lock() else {
+            return None;
+        };
+        let cached = last
+            .as_ref()
+            .is_some_and(|seen| seen.proto == proto && seen.host.as_ref() == host);
+        if !cached {
+            // This hop's element alone: the request's own list is not part of it.
+            let value = forwarded_value(&HeaderMap::new(), self, proto, host)?;
+            *last = Some(LastForwarded {
+                host: host.and_then(|h| HeaderValue::from_bytes(h.as_bytes()).ok()),
+                proto,
+                value,
+                lines: None,
+            });
+        }
+        last.as_mut().map(use_it)
+    }
 }
 
 /// Adds the forwarding headers for a request from `client` over `proto`
@@ -81,22 +109,8 @@ pub fn add_forwarding(
     }
     // Forwarded (RFC 7239): append an element for this hop.
     if !headers.contains_key(FORWARDED) {
-        if let Ok(mut last) = client.last_forwarded.lock() {
-            if let Some(seen) = last.as_ref() {
-                if seen.proto == proto && seen.host.as_ref() == host {
-                    headers.insert(FORWARDED, seen.value.clone());
-                    return;
-                }
-            }
-            if let Some(value) = forwarded_value(headers, client, proto, host) {
-                *last = Some(LastForwarded {
-                    host: host.and_then(|h| HeaderValue::from_bytes(h.as_bytes()).ok()),
-                    proto,
-                    value: value.clone(),
-                    lines: None,
-                });
-                headers.insert(FORWARDED, value);
-            }
+        if let Some(value) = client.with_last(proto, host, |last| last.value.clone()) {
+            headers.insert(FORWARDED, value);
             return;
         }
     }
@@ -172,26 +186,12 @@ pub fn forwarding_lines(
     if headers.keys().any(is_forwarding_field) {
         return None;
     }
-    let Ok(mut last) = client.last_forwarded.lock() else {
-        return None;
-    };
-    if let Some(seen) = last.as_mut() {
-        if seen.proto == proto && seen.host.as_ref() == host {
-            let lines = seen
-                .lines
-                .get_or_insert_with(|| encode_lines(client, proto, host, &seen.value));
-            return Some(lines.clone());
-        }
-    }
-    let value = forwarded_value(headers, client, proto, host)?;
-    let lines = encode_lines(client, proto, host, &value);
-    *last = Some(LastForwarded {
-        host: host.and_then(|h| HeaderValue::from_bytes(h.as_bytes()).ok()),
-        proto,
-        value,
-        lines: Some(lines.clone()),
-    });
-    Some(lines)
+    client.with_last(proto, host, |last| {
+        let LastForwarded { value, lines, .. } = last;
+        lines
+            .get_or_insert_with(|| encode_lines(client, proto, host, value))
+            .clone()
+    })
 }
 
 /// The four forwarding fields as CRLF-ended lines, `forwarded` being the `Forwarded`
