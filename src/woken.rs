@@ -3,7 +3,8 @@
 //! never fire (shutdown, the grace period's end, shedding); `tokio::select!` polls every
 //! branch each time the task wakes, which is several times per request, and a
 //! cancellation token's future takes two locks per poll. Behind this wrapper those
-//! polls cost one atomic swap until the signal really fires.
+//! polls cost one atomic swap until the signal really fires. A tunnel wraps each of its
+//! two directions and its idle timer the same way (`l4/splice.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -49,6 +50,16 @@ impl<F: Future> PollWhenWoken<F> {
             signal: Arc::new(Signal::default()),
             polled_once: false,
         }
+    }
+}
+
+impl<F> PollWhenWoken<F> {
+    /// The inner future, to change it (a timer reset to a new deadline): it is polled at
+    /// the next poll whether or not its waker fired, so that it can register again.
+    pub fn rearm(self: Pin<&mut Self>) -> Pin<&mut F> {
+        let this = self.project();
+        this.signal.woken.store(true, Ordering::Release);
+        this.inner
     }
 }
 
@@ -118,6 +129,26 @@ mod tests {
         let waker = inner_waker.lock().unwrap().take().unwrap();
         waker.wake();
         assert!(Pin::new(&mut wrapped).poll(&mut cx).is_ready());
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_rearmed_future_is_polled_at_the_next_poll() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut wrapped = Box::pin(PollWhenWoken::new(Counted {
+            polls: Arc::clone(&polls),
+            ready: Arc::new(AtomicBool::new(false)),
+            waker: Arc::new(std::sync::Mutex::new(None)),
+        }));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(wrapped.as_mut().poll(&mut cx).is_pending());
+        assert!(wrapped.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        // Changed from outside (a timer reset): polled once more without a wake, then
+        // left alone again.
+        let _inner = wrapped.as_mut().rearm();
+        assert!(wrapped.as_mut().poll(&mut cx).is_pending());
+        assert!(wrapped.as_mut().poll(&mut cx).is_pending());
         assert_eq!(polls.load(Ordering::SeqCst), 2);
     }
 

@@ -14,6 +14,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::woken::PollWhenWoken;
+
 /// Largest read: the thread's scratch buffer.
 const CHUNK: usize = 32 * 1024;
 
@@ -286,8 +288,11 @@ where
     };
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
-    let upstream = copy_one_way(client_read, backend_write, &activity, &up);
-    let downstream = copy_one_way(backend_read, client_write, &activity, &down);
+    // Each direction, and the timer below, is polled only when its own waker fired:
+    // `select!` polls every branch at each wake of the task, and a wake is for one
+    // direction at a time.
+    let upstream = PollWhenWoken::new(copy_one_way(client_read, backend_write, &activity, &up));
+    let downstream = PollWhenWoken::new(copy_one_way(backend_read, client_write, &activity, &down));
     tokio::pin!(upstream);
     tokio::pin!(downstream);
     // One timer for the tunnel, armed at the idle deadline known when it was set. Bytes
@@ -295,7 +300,7 @@ where
     // work per chunk); when it fires before the real deadline it is re-armed there. It
     // also bounds a stuck write: a peer that stops reading stalls its direction, and a
     // stalled tunnel moves no byte either way.
-    let idle_timer = tokio::time::sleep_until(activity.idle_deadline(idle));
+    let idle_timer = PollWhenWoken::new(tokio::time::sleep_until(activity.idle_deadline(idle)));
     tokio::pin!(idle_timer);
 
     // Run both; an error on either side, or the idle deadline, ends the tunnel at once.
@@ -331,7 +336,7 @@ where
                 }
             }
             _ = &mut idle_timer => {
-                if idle_or_rearm(idle_timer.as_mut(), &activity, idle) {
+                if idle_or_rearm(idle_timer.as_mut().rearm(), &activity, idle) {
                     break SpliceEnd::Idle;
                 }
                 continue;
