@@ -8,8 +8,9 @@
 //! - [`tls::peek`] + [`tls::client_hello`]: read the ClientHello under a timeout and a
 //!   64 KiB bound (sans-io parser on tls-parser), keep the bytes for replay.
 //! - [`route`]: the SNI/Host table (exact, longest wildcard, default).
-//! - [`l4::passthrough`] + [`l4::splice`]: connect to a backend of the pool (next one on
-//!   failure), replay the ClientHello, copy both ways with half-close and idle timeout.
+//! - [`l4::passthrough`] + [`l4::tcp_tunnel`]: connect to a backend of the pool (next one
+//!   on failure), replay the ClientHello, copy both ways with half-close and idle timeout;
+//!   [`conn_task`] runs the tunnel outside the connection's span.
 //! - [`tls::terminate`] → [`http`]: terminate TLS with rustls (certificate by SNI), then
 //!   proxy HTTP/1.1 with hyper: routes by Host/path, header rules, backend connections
 //!   per request or pooled.
@@ -24,6 +25,7 @@ pub mod access_log;
 pub mod admin;
 pub mod bench;
 pub mod config;
+pub mod conn_task;
 pub mod content;
 pub mod demo;
 pub mod error;

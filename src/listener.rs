@@ -14,12 +14,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
-use crate::access_log::{AccessLog, Record};
 use crate::config::{BanOn, ListenerKind, ListenerSpec, SniAction};
-use crate::error::{Fault, ProxyError};
-use crate::l4::passthrough;
+use crate::conn_task::ConnTask;
+use crate::l4::passthrough::{self, Origin, TunnelJob};
 use crate::metrics::Metrics;
 use crate::protect::shed::{OpeningGuard, OpeningStage};
 use crate::protect::{Limit, Protection};
@@ -273,21 +271,14 @@ pub async fn accept_loop(
             listener = %listener_rt.spec.name,
             sni = tracing::field::Empty
         );
-        let hard_stop = ctx.hard_stop.clone();
+        let hard_stop = ctx.hard_stop.clone().cancelled_owned();
         let task_ctx = Arc::clone(&ctx);
-        ctx.tracker.spawn(
-            async move {
-                let _permit = permit;
-                let _per_ip = per_ip_guard;
-                tokio::select! {
-                    _ = handle(stream, peer, index, snapshot, task_ctx, opening_guard) => {}
-                    _ = crate::woken::PollWhenWoken::new(hard_stop.cancelled()) => {
-                        tracing::info!("connection cut at the end of the shutdown grace period");
-                    }
-                }
-            }
-            .instrument(span),
-        );
+        ctx.tracker.spawn(ConnTask::new(
+            span,
+            hard_stop,
+            (permit, per_ip_guard),
+            handle(stream, peer, index, snapshot, task_ctx, opening_guard),
+        ));
     }
     tracing::debug!("accept loop stopped");
 }
@@ -333,55 +324,49 @@ async fn handle(
     snapshot: Arc<Snapshot>,
     ctx: Arc<Context>,
     opening: Option<OpeningGuard>,
-) {
-    let Some(listener) = snapshot.listeners.get(index) else {
-        return;
-    };
+) -> Option<TunnelJob> {
+    let listener = snapshot.listeners.get(index)?;
     match &listener.spec.kind {
         ListenerKind::Tcp { pool } => {
             let origin = Origin {
                 peer,
                 sni: None,
                 access: &ctx.access_log,
+                listener: index,
+                mode: Mode::Tcp,
             };
             // Each branch is boxed: a connection's task then holds only the state of the
             // path it takes, not the largest (terminate + hyper), which matters for idle
             // connections by the thousand.
-            Box::pin(splice_to_pool(
-                stream,
-                origin,
-                &[],
-                pool,
-                Mode::Tcp,
-                listener,
-                &snapshot,
-            ))
-            .await;
+            Box::pin(passthrough::connect(stream, origin, &[], pool, &snapshot)).await
         }
         ListenerKind::Tls { sni } => {
             Box::pin(handle_tls(
-                stream, peer, sni, listener, &snapshot, &ctx, opening,
+                stream, peer, index, sni, listener, &snapshot, &ctx, opening,
             ))
-            .await;
+            .await
         }
         ListenerKind::Http { .. } => {
             Box::pin(crate::http::serve_plain(
                 stream, peer, listener, &snapshot, &ctx, opening,
             ))
             .await;
+            None
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle_tls(
     mut stream: TcpStream,
     peer: SocketAddr,
+    index: usize,
     sni: &crate::route::HostTable<SniAction>,
     listener: &ListenerRuntime,
     snapshot: &Arc<Snapshot>,
     ctx: &Arc<Context>,
     opening: Option<OpeningGuard>,
-) {
+) -> Option<TunnelJob> {
     let timeouts = snapshot.config.timeouts;
     let peeked = tokio::select! {
         peeked = peek_client_hello(&mut stream, timeouts.client_hello) => peeked,
@@ -389,11 +374,11 @@ async fn handle_tls(
             listener.counters.rejected();
             listener.protection.count(Limit::Shed);
             tracing::debug!("listener at max_connections: closing the oldest connection still sending its ClientHello");
-            return;
+            return None;
         }
     };
     drop(opening);
-    let hello = match peeked {
+    let mut hello = match peeked {
         Ok(hello) => hello,
         Err(PeekError::Failure(failure)) => {
             listener.counters.hello_failure(failure);
@@ -402,13 +387,13 @@ async fn handle_tls(
                 reason = failure.reason(),
                 "ClientHello refused: {failure}; closing"
             );
-            return;
+            return None;
         }
         Err(PeekError::Io(err)) => {
             listener.counters.hello_failure(PeekFailure::Timeout);
             listener.protection.handshake_failed(peer.ip());
             tracing::info!(error = %err, "client failed before its ClientHello was complete");
-            return;
+            return None;
         }
     };
     let name = hello.sni.as_deref();
@@ -417,29 +402,24 @@ async fn handle_tls(
         Some(SniAction::Passthrough(pool)) => {
             let origin = Origin {
                 peer,
-                sni: name,
+                sni: hello.sni.take(),
                 access: &ctx.access_log,
+                listener: index,
+                mode: Mode::Passthrough,
             };
-            splice_to_pool(
-                stream,
-                origin,
-                &hello.buffered,
-                pool,
-                Mode::Passthrough,
-                listener,
-                snapshot,
-            )
-            .await;
+            passthrough::connect(stream, origin, &hello.buffered, pool, snapshot).await
         }
         Some(SniAction::Terminate(routes)) => {
             Box::pin(crate::http::serve_tls(
                 stream, peer, hello, routes, listener, snapshot, ctx,
             ))
             .await;
+            None
         }
         Some(SniAction::Reject) => {
             listener.counters.rejected();
             tracing::info!(sni = name.unwrap_or(""), "SNI rule says reject; closing");
+            None
         }
         None => {
             listener.counters.rejected();
@@ -450,99 +430,8 @@ async fn handle_tls(
             if listener.has_terminate {
                 crate::tls::terminate::send_unrecognized_name(&mut stream).await;
             }
+            None
         }
-    }
-}
-
-/// Who a spliced connection is, for the access log.
-struct Origin<'a> {
-    peer: SocketAddr,
-    sni: Option<&'a str>,
-    access: &'a AccessLog,
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn splice_to_pool(
-    stream: TcpStream,
-    origin: Origin<'_>,
-    replay: &[u8],
-    pool_name: &str,
-    mode: Mode,
-    listener: &ListenerRuntime,
-    snapshot: &Arc<Snapshot>,
-) {
-    let peer = origin.peer;
-    let Some(pool) = snapshot.pools.get(pool_name) else {
-        listener.counters.rejected();
-        tracing::error!(
-            pool = pool_name,
-            "pool missing from the running state; closing"
-        );
-        return;
-    };
-    let started = std::time::Instant::now();
-    let timeouts = &snapshot.config.timeouts;
-    let result = match pool
-        .connect_sending(Some(peer), timeouts.connect, replay)
-        .await
-    {
-        Ok((backend, guard, sent)) => {
-            // Counted in its mode only once a backend took it.
-            let _active = listener.counters.open(mode);
-            passthrough::relay(stream, backend, guard, replay, sent, timeouts).await
-        }
-        Err(err) => {
-            listener.counters.rejected();
-            Err(err)
-        }
-    };
-    if origin.access.enabled() {
-        let (backend, outcome, bytes_in, bytes_out) = match &result {
-            Ok(r) => (
-                Some(r.backend.as_str()),
-                r.outcome.end.as_str(),
-                r.outcome.client_to_backend,
-                r.outcome.backend_to_client,
-            ),
-            Err(ProxyError::Backend(_)) => (None, "backend_error", 0, 0),
-            Err(_) => (None, "no_backend", 0, 0),
-        };
-        origin.access.log(&Record {
-            listener: &listener.spec.name,
-            mode: mode.as_str(),
-            client: Some(peer),
-            sni: origin.sni,
-            pool: Some(pool_name),
-            backend,
-            outcome: Some(outcome),
-            bytes_in,
-            bytes_out,
-            duration: started.elapsed(),
-            ..Record::default()
-        });
-    }
-    match result {
-        Ok(report) => {
-            let o = report.outcome;
-            listener
-                .counters
-                .add_bytes(mode, o.client_to_backend, o.backend_to_client);
-            tracing::debug!(
-                pool = pool_name,
-                backend = %report.backend,
-                client_to_backend = o.client_to_backend,
-                backend_to_client = o.backend_to_client,
-                end = o.end.as_str(),
-                duration_ms = started.elapsed().as_millis() as u64,
-                "tunnel closed"
-            );
-        }
-        Err(err) => match err.fault() {
-            Fault::Downstream => tracing::info!(pool = pool_name, error = %err, "tunnel failed"),
-            Fault::Upstream | Fault::Internal => {
-                tracing::warn!(pool = pool_name, error = %err, "tunnel failed; client closed")
-            }
-        },
     }
 }
 

@@ -1,17 +1,18 @@
 //! Bidirectional byte copy between a client and a backend: each direction runs until
 //! EOF, then shuts down the other side's write half (half-close); the tunnel ends when
 //! both directions are done, on an error, or when no byte moved either way for
-//! `tunnel_idle`. Returns the bytes moved each way.
+//! `tunnel_idle`. Returns the bytes moved each way. Used for upgraded L7 tunnels (TLS
+//! streams); passthrough and tcp tunnels use `tcp_tunnel`, which shares the read-through
+//! step here.
 
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::woken::PollWhenWoken;
@@ -59,12 +60,6 @@ pub struct SpliceOutcome {
 struct Activity {
     start: Instant,
     last_ms: AtomicU64,
-    /// Directions that reached EOF.
-    eofs: AtomicU8,
-    /// The caller closes both sockets as soon as the tunnel ends (raw TCP): the last
-    /// direction's EOF needs no `shutdown`, the close sends the FIN (one syscall less
-    /// per connection, and no ENOTCONN from a peer already gone).
-    close_follows: bool,
 }
 
 impl Activity {
@@ -78,7 +73,7 @@ impl Activity {
     }
 }
 
-enum DirEnd {
+pub(super) enum DirEnd {
     Eof,
     ReadError(io::Error),
     WriteError(io::Error),
@@ -94,7 +89,7 @@ thread_local! {
 }
 
 /// What one read-through poll did.
-enum Step {
+pub(super) enum Step {
     /// The source sent EOF.
     Eof,
     /// Bytes read; `written` of them went straight on, the rest are in the backlog.
@@ -103,7 +98,7 @@ enum Step {
 
 /// Reads once from `from` and writes what it got to `to` in the same poll; the bytes
 /// `to` does not take now are appended to `backlog`.
-fn poll_read_through<R, W>(
+pub(super) fn poll_read_through<R, W>(
     cx: &mut Context<'_>,
     from: &mut R,
     to: &mut W,
@@ -182,10 +177,7 @@ where
             Err(end) => return end,
             Ok(Step::Eof) => {
                 // Half-close: pass the EOF on, keep the other direction going.
-                let last = activity.eofs.fetch_add(1, Ordering::Relaxed) == 1;
-                if !(last && activity.close_follows) {
-                    let _ = to.shutdown().await;
-                }
+                let _ = to.shutdown().await;
                 return DirEnd::Eof;
             }
             Ok(Step::Moved { written }) => {
@@ -239,40 +231,17 @@ where
         &mut backend_read,
         &mut backend_write,
         idle,
-        false,
     )
     .await
 }
 
-/// [`splice`] for two TCP sockets, split without locks. The caller closes both when
-/// it returns.
-pub async fn splice_tcp(
-    client: &mut TcpStream,
-    backend: &mut TcpStream,
-    idle: Duration,
-) -> SpliceOutcome {
-    let (mut client_read, mut client_write) = client.split();
-    let (mut backend_read, mut backend_write) = backend.split();
-    splice_halves(
-        &mut client_read,
-        &mut client_write,
-        &mut backend_read,
-        &mut backend_write,
-        idle,
-        true,
-    )
-    .await
-}
-
-/// Splices already-split halves. `close_follows`: the caller closes both sides as soon
-/// as this returns, so the second EOF is passed on by that close, not by a `shutdown`.
+/// Splices already-split halves.
 pub async fn splice_halves<CR, CW, BR, BW>(
     client_read: &mut CR,
     client_write: &mut CW,
     backend_read: &mut BR,
     backend_write: &mut BW,
     idle: Duration,
-    close_follows: bool,
 ) -> SpliceOutcome
 where
     CR: AsyncRead + Unpin + ?Sized,
@@ -283,8 +252,6 @@ where
     let activity = Activity {
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
-        eofs: AtomicU8::new(0),
-        close_follows,
     };
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);

@@ -247,6 +247,11 @@ impl BackendGuard {
         &self.pool.backends[self.index]
     }
 
+    /// The name of the pool it belongs to.
+    pub fn pool_name(&self) -> &str {
+        &self.pool.name
+    }
+
     /// The backend, shared.
     pub fn backend_arc(&self) -> Arc<Backend> {
         Arc::clone(&self.pool.backends[self.index])
