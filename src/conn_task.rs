@@ -14,15 +14,16 @@ use std::task::{Context, Poll};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::Span;
 
-use crate::l4::passthrough::{TunnelEnd, TunnelJob};
-use crate::l4::tcp_tunnel::TcpTunnel;
+use crate::l4::passthrough::TunnelJob;
 use crate::woken::PollWhenWoken;
 
 pin_project_lite::pin_project! {
     #[project = PhaseProj]
     enum Phase<S> {
         Setup { #[pin] setup: S },
-        Tunnel { #[pin] tunnel: TcpTunnel, end: Option<TunnelEnd> },
+        // Boxed: the task of every connection, HTTP ones included, is as large as its
+        // largest phase, and a tunnel with its timer is several hundred bytes.
+        Tunnel { job: Pin<Box<TunnelJob>> },
         Done,
     }
 }
@@ -80,15 +81,13 @@ where
                 this.phase.set(Phase::Done);
                 return Poll::Ready(());
             };
-            this.phase.set(Phase::Tunnel {
-                tunnel: job.tunnel,
-                end: Some(job.end),
-            });
+            this.phase.set(Phase::Tunnel { job: Box::pin(job) });
         }
-        let PhaseProj::Tunnel { tunnel, end } = this.phase.as_mut().project() else {
+        let PhaseProj::Tunnel { job } = this.phase.as_mut().project() else {
             return Poll::Ready(());
         };
-        let Poll::Ready(done) = tunnel.poll(cx) else {
+        let job = job.as_mut().project();
+        let Poll::Ready(done) = job.tunnel.poll(cx) else {
             if this.cut.as_mut().poll(cx).is_ready() {
                 let _entered = this.span.enter();
                 cut_log();
@@ -97,7 +96,7 @@ where
             }
             return Poll::Pending;
         };
-        let end = end.take();
+        let end = job.end.take();
         // The sockets close before the end is reported, as they did when the tunnel was
         // a nested future.
         this.phase.set(Phase::Done);

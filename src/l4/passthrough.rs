@@ -32,12 +32,15 @@ pub struct Origin<'a> {
     pub mode: Mode,
 }
 
-/// A connected tunnel, and what reports its end.
-pub struct TunnelJob {
-    /// The two sockets, spliced.
-    pub tunnel: TcpTunnel,
-    /// Reports the end (inside the connection's span).
-    pub end: TunnelEnd,
+pin_project_lite::pin_project! {
+    /// A connected tunnel, and what reports its end.
+    pub struct TunnelJob {
+        // The two sockets, spliced.
+        #[pin]
+        pub tunnel: TcpTunnel,
+        // Reports the end (inside the connection's span); taken when it does.
+        pub end: Option<TunnelEnd>,
+    }
 }
 
 /// What a tunnel's end reports, held while the tunnel runs.
@@ -105,7 +108,7 @@ pub async fn connect(
     }
     Some(TunnelJob {
         tunnel: TcpTunnel::new(client, backend, timeouts.tunnel_idle),
-        end: TunnelEnd {
+        end: Some(TunnelEnd {
             peer: origin.peer,
             sni: origin.sni,
             access: Arc::clone(origin.access),
@@ -116,7 +119,7 @@ pub async fn connect(
             guard,
             _active: active,
             replayed: replay.len() as u64,
-        },
+        }),
     })
 }
 
