@@ -1,18 +1,5 @@
 #!/bin/bash
-# usage: callgrind-keepalive.sh OUT BIN CONFIG URL -> callgrind with cache simulation of
-# `BIN run --config CONFIG` (on CPU 0) over 8 s of keep-alive TLS requests to URL
-# (`tollgate bench -k --sni app.test -c 10`, on CPU 1) after 3 s of warm-up; prints the
-# request count to divide by. Environment for BIN: CGENV="K=V".
-out=$1; bin=$2; cfg=$3; url=$4; port=${url##*:}; port=${port%/}
-taskset -c 0 env ${CGENV:-TOLLGATE_PROFILED=1} valgrind --tool=callgrind --cache-sim=yes \
-    --callgrind-out-file="$out" "$bin" run --config "$cfg" > "$out.log" 2>&1 &
-vp=$!
-for _ in $(seq 1 200); do (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.3; done
-sleep 1
-load() { taskset -c 1 "$bin" bench -k --sni app.test -c 10 -d "$1" --threads 1 "$url" 2>&1; }
-load 3s > /dev/null
-callgrind_control -z $vp > /dev/null
-n=$(load 8s | awk '/requests  /{print $2}')
-callgrind_control -d $vp > /dev/null
-sleep 1; kill $vp; wait $vp 2>/dev/null
-echo "profile: $(ls -t "$out".* | grep -v '\.log$' | head -1) (divide by $n requests)"
+# usage: callgrind-keepalive.sh OUT BIN CONFIG URL -> callgrind-newconn.sh's method over
+# keep-alive TLS requests through a passthrough port (`tollgate bench -k --sni app.test
+# -c 10`) instead of new connections; prints the request count to divide by.
+LOAD_ARGS="-k --sni app.test -c 10" UNIT=requests exec "$(dirname "$0")/callgrind-newconn.sh" "$@"
