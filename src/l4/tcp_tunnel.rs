@@ -1,7 +1,10 @@
 //! The tunnel of a passthrough or plain TCP connection, as one hand-written future over
 //! its two sockets: each direction copies until EOF and passes the EOF on (half-close);
 //! the tunnel ends when both have, on an error, or when no byte moved either way for
-//! `tunnel_idle`. It is what `splice::splice` does for any two streams, made lean for the
+//! `tunnel_idle`. A client that fails (a reset, or a write it refuses) is passed on to the
+//! backend as a reset, and once the backend has finished sending, a client reset is
+//! checked for before its last bytes are read, so that they are not forwarded to a
+//! backend that is about to be reset anyway. It is what `splice::splice` does for any two streams, made lean for the
 //! hot path: a wake polls only the direction (or the timer) whose waker fired
 //! (`tunnel_wakers`), the idle clock is the kernel's coarse monotonic clock (no
 //! `clock_gettime` through the vDSO's precise path per read), and the connection task
@@ -101,6 +104,7 @@ const BACKEND_TO_CLIENT: Sides = Sides {
 };
 
 /// Polls one direction with its own waker; the end reason and failure when it failed.
+/// `reset_first`: look for a reset of `from` before reading it (see [`pending_error`]).
 fn step(
     waker: &std::task::Waker,
     (from, to): (&mut TcpStream, &mut TcpStream),
@@ -108,7 +112,14 @@ fn step(
     last_activity_ms: &mut u64,
     other_done: bool,
     sides: &Sides,
+    reset_first: bool,
 ) -> Option<(SpliceEnd, TunnelFailure)> {
+    if reset_first {
+        if let Some(error) = pending_error(from) {
+            let (end, what) = sides.read;
+            return Some((end, TunnelFailure { what, error }));
+        }
+    }
     let mut cx = Context::from_waker(waker);
     let ((end, what), error) =
         match poll_direction(&mut cx, from, to, dir, last_activity_ms, other_done) {
@@ -128,6 +139,10 @@ impl Future for TcpTunnel {
         let mut failed = None;
         if fired & UP != 0 && !this.up.eof {
             let other_done = this.down.eof;
+            // Once the backend has finished sending, what a client still sends is a
+            // TLS close_notify or the tail of an upload, and it often comes with the
+            // client's reset (a client that closes with the backend's last bytes
+            // unread): then the tunnel ends without forwarding it.
             failed = step(
                 &this.wakers.up,
                 (this.client, this.backend),
@@ -135,6 +150,7 @@ impl Future for TcpTunnel {
                 this.last_activity_ms,
                 other_done,
                 &CLIENT_TO_BACKEND,
+                other_done,
             );
         }
         if failed.is_none() && fired & DOWN != 0 && !this.down.eof {
@@ -146,6 +162,7 @@ impl Future for TcpTunnel {
                 this.last_activity_ms,
                 other_done,
                 &BACKEND_TO_CLIENT,
+                false,
             );
         }
         let end = match failed {
@@ -166,6 +183,13 @@ impl Future for TcpTunnel {
         let Some((end, failure)) = end else {
             return Poll::Pending;
         };
+        if end == SpliceEnd::ClientError {
+            // The client is gone: the backend learns it as it would from the client
+            // itself, by a reset (the close with a zero linger sends it), and stops
+            // work on a request nobody will read. Not the other way round: a client
+            // may still be reading what a backend sent before its reset.
+            let _ = socket2::SockRef::from(&*this.backend).set_linger(Some(Duration::ZERO));
+        }
         Poll::Ready(TunnelDone {
             outcome: SpliceOutcome {
                 client_to_backend: this.up.moved,
@@ -196,6 +220,17 @@ fn idle_timer_expired(
             return true;
         };
         timer.as_mut().reset(Instant::now() + left);
+    }
+}
+
+/// The error pending on `socket` (the kernel's `SO_ERROR`, taken; a reset, mostly). Checked
+/// only in a half-closed tunnel, before reading the side that may have reset: the reset
+/// ends the tunnel at once, without the read of what came before it, its write to the
+/// other side, and the read that would then report the reset.
+fn pending_error(socket: &TcpStream) -> Option<io::Error> {
+    match socket.take_error() {
+        Ok(pending) => pending,
+        Err(error) => Some(error),
     }
 }
 
@@ -345,7 +380,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_reset_ends_the_tunnel_as_a_client_error() {
         let (client_near, client) = pair().await;
-        let (backend_near, _backend) = pair().await;
+        let (backend_near, mut backend) = pair().await;
         let tunnel = tokio::spawn(TcpTunnel::new(
             client_near,
             backend_near,
@@ -363,6 +398,83 @@ mod tests {
         assert_eq!(done.outcome.end, SpliceEnd::ClientError);
         let failure = done.failure.expect("the reset is reported");
         assert_eq!(failure.what, "client read");
+        // The backend is reset too, as the client would have reset it.
+        let mut buf = [0u8; 16];
+        let read = backend.read(&mut buf).await;
+        assert!(
+            matches!(&read, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "{read:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_reset_after_the_backend_finished_is_not_preceded_by_its_last_bytes() {
+        let (client_near, mut client) = pair().await;
+        let (backend_near, mut backend) = pair().await;
+        let tunnel = tokio::spawn(TcpTunnel::new(
+            client_near,
+            backend_near,
+            Duration::from_secs(30),
+        ));
+        backend.write_all(b"response").await.unwrap();
+        backend.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"response");
+        // The backend's EOF reached the client; the client sends one more record (a
+        // TLS close_notify) and resets, both before the tunnel runs again (this
+        // runtime has one thread and the test does not yield in between).
+        client.write_all(b"close_notify").await.unwrap();
+        socket2::SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(client);
+        let done = tokio::time::timeout(Duration::from_secs(10), tunnel)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.outcome.end, SpliceEnd::ClientError);
+        assert_eq!(done.outcome.client_to_backend, 0);
+        assert_eq!(done.outcome.backend_to_client, 8);
+        assert_eq!(
+            done.failure.expect("the reset is reported").what,
+            "client read"
+        );
+        // The backend, still reading, gets the reset, not the bytes and an EOF.
+        let mut buf = [0u8; 16];
+        let read = backend.read(&mut buf).await;
+        assert!(
+            matches!(&read, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "{read:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn after_the_backend_finished_a_client_still_sends_and_half_closes() {
+        let (client_near, mut client) = pair().await;
+        let (backend_near, mut backend) = pair().await;
+        let tunnel = tokio::spawn(TcpTunnel::new(
+            client_near,
+            backend_near,
+            Duration::from_secs(30),
+        ));
+        backend.write_all(b"ready").await.unwrap();
+        backend.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ready");
+        // No reset: what the client sends now still reaches the backend, then its EOF.
+        client.write_all(b"the upload").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        backend.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"the upload");
+        let done = tokio::time::timeout(Duration::from_secs(10), tunnel)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.outcome.end, SpliceEnd::Closed);
+        assert!(done.failure.is_none());
     }
 
     #[tokio::test]
