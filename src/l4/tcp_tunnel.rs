@@ -4,8 +4,8 @@
 //! `tunnel_idle`. A client that fails (a reset, or a write it refuses) is passed on to the
 //! backend as a reset, and once the backend has finished sending, a client reset is
 //! checked for before its last bytes are read, so that they are not forwarded to a
-//! backend that is about to be reset anyway. It is what `splice::splice` does for any two streams, made lean for the
-//! hot path: a wake polls only the direction (or the timer) whose waker fired
+//! backend that is about to be reset anyway. It is what `splice::splice` does for any
+//! two streams, made lean for the hot path: a wake polls only the direction (or the timer) whose waker fired
 //! (`tunnel_wakers`), the idle clock is the kernel's coarse monotonic clock (no
 //! `clock_gettime` through the vDSO's precise path per read), and the connection task
 //! polls it directly, outside the connection's span (`conn_task`).
@@ -91,20 +91,27 @@ impl TcpTunnel {
 struct Sides {
     read: (SpliceEnd, &'static str),
     write: (SpliceEnd, &'static str),
+    /// Once the other direction is done, look for a reset of the source before reading
+    /// it (see [`pending_error`]). Only for the client: once the backend has finished
+    /// sending, what a client still sends is a TLS close_notify or the tail of an
+    /// upload, and it often comes with the client's reset (a client that closes with
+    /// the backend's last bytes unread); then the tunnel ends without forwarding it.
+    reset_first_once_other_done: bool,
 }
 
 const CLIENT_TO_BACKEND: Sides = Sides {
     read: (SpliceEnd::ClientError, "client read"),
     write: (SpliceEnd::BackendError, "backend write"),
+    reset_first_once_other_done: true,
 };
 
 const BACKEND_TO_CLIENT: Sides = Sides {
     read: (SpliceEnd::BackendError, "backend read"),
     write: (SpliceEnd::ClientError, "client write"),
+    reset_first_once_other_done: false,
 };
 
 /// Polls one direction with its own waker; the end reason and failure when it failed.
-/// `reset_first`: look for a reset of `from` before reading it (see [`pending_error`]).
 fn step(
     waker: &std::task::Waker,
     (from, to): (&mut TcpStream, &mut TcpStream),
@@ -112,9 +119,8 @@ fn step(
     last_activity_ms: &mut u64,
     other_done: bool,
     sides: &Sides,
-    reset_first: bool,
 ) -> Option<(SpliceEnd, TunnelFailure)> {
-    if reset_first {
+    if other_done && sides.reset_first_once_other_done {
         if let Some(error) = pending_error(from) {
             let (end, what) = sides.read;
             return Some((end, TunnelFailure { what, error }));
@@ -139,10 +145,6 @@ impl Future for TcpTunnel {
         let mut failed = None;
         if fired & UP != 0 && !this.up.eof {
             let other_done = this.down.eof;
-            // Once the backend has finished sending, what a client still sends is a
-            // TLS close_notify or the tail of an upload, and it often comes with the
-            // client's reset (a client that closes with the backend's last bytes
-            // unread): then the tunnel ends without forwarding it.
             failed = step(
                 &this.wakers.up,
                 (this.client, this.backend),
@@ -150,7 +152,6 @@ impl Future for TcpTunnel {
                 this.last_activity_ms,
                 other_done,
                 &CLIENT_TO_BACKEND,
-                other_done,
             );
         }
         if failed.is_none() && fired & DOWN != 0 && !this.down.eof {
@@ -162,7 +163,6 @@ impl Future for TcpTunnel {
                 this.last_activity_ms,
                 other_done,
                 &BACKEND_TO_CLIENT,
-                false,
             );
         }
         let end = match failed {
@@ -347,30 +347,58 @@ mod tests {
         (near, far)
     }
 
-    #[tokio::test]
-    async fn half_close_each_way_and_the_bytes_counted() {
-        let (client_near, mut client) = pair().await;
-        let (backend_near, mut backend) = pair().await;
+    /// A tunnel between two fresh pairs, running: (client, backend, the tunnel's task).
+    async fn running() -> (TcpStream, TcpStream, tokio::task::JoinHandle<TunnelDone>) {
+        let (client_near, client) = pair().await;
+        let (backend_near, backend) = pair().await;
         let tunnel = tokio::spawn(TcpTunnel::new(
             client_near,
             backend_near,
             Duration::from_secs(30),
         ));
-        client.write_all(b"request").await.unwrap();
-        client.shutdown().await.unwrap();
+        (client, backend, tunnel)
+    }
+
+    /// `from` sends `bytes` and its EOF; `to` reads them all through the tunnel.
+    async fn send_and_finish(from: &mut TcpStream, to: &mut TcpStream, bytes: &[u8]) {
+        from.write_all(bytes).await.unwrap();
+        from.shutdown().await.unwrap();
         let mut got = Vec::new();
-        backend.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"request");
-        // The client's EOF reached the backend; the backend can still answer.
-        backend.write_all(b"a longer response").await.unwrap();
-        backend.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"a longer response");
-        let done = tokio::time::timeout(Duration::from_secs(10), tunnel)
+        to.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, bytes);
+    }
+
+    /// Closes `stream` with SO_LINGER 0: the close sends a reset.
+    fn reset(stream: TcpStream) {
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(stream);
+    }
+
+    async fn finished(tunnel: tokio::task::JoinHandle<TunnelDone>) -> TunnelDone {
+        tokio::time::timeout(Duration::from_secs(10), tunnel)
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+    }
+
+    async fn assert_reset(stream: &mut TcpStream) {
+        let mut buf = [0u8; 16];
+        let read = stream.read(&mut buf).await;
+        assert!(
+            matches!(&read, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "{read:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn half_close_each_way_and_the_bytes_counted() {
+        let (mut client, mut backend, tunnel) = running().await;
+        send_and_finish(&mut client, &mut backend, b"request").await;
+        // The client's EOF reached the backend; the backend can still answer.
+        send_and_finish(&mut backend, &mut client, b"a longer response").await;
+        let done = finished(tunnel).await;
         assert_eq!(done.outcome.end, SpliceEnd::Closed);
         assert_eq!(done.outcome.client_to_backend, 7);
         assert_eq!(done.outcome.backend_to_client, 17);
@@ -379,60 +407,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_reset_ends_the_tunnel_as_a_client_error() {
-        let (client_near, client) = pair().await;
-        let (backend_near, mut backend) = pair().await;
-        let tunnel = tokio::spawn(TcpTunnel::new(
-            client_near,
-            backend_near,
-            Duration::from_secs(30),
-        ));
-        // SO_LINGER 0: the close sends a reset.
-        socket2::SockRef::from(&client)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
-        drop(client);
-        let done = tokio::time::timeout(Duration::from_secs(10), tunnel)
-            .await
-            .unwrap()
-            .unwrap();
+        let (client, mut backend, tunnel) = running().await;
+        reset(client);
+        let done = finished(tunnel).await;
         assert_eq!(done.outcome.end, SpliceEnd::ClientError);
         let failure = done.failure.expect("the reset is reported");
         assert_eq!(failure.what, "client read");
         // The backend is reset too, as the client would have reset it.
-        let mut buf = [0u8; 16];
-        let read = backend.read(&mut buf).await;
-        assert!(
-            matches!(&read, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
-            "{read:?}"
-        );
+        assert_reset(&mut backend).await;
     }
 
     #[tokio::test]
     async fn a_client_reset_after_the_backend_finished_is_not_preceded_by_its_last_bytes() {
-        let (client_near, mut client) = pair().await;
-        let (backend_near, mut backend) = pair().await;
-        let tunnel = tokio::spawn(TcpTunnel::new(
-            client_near,
-            backend_near,
-            Duration::from_secs(30),
-        ));
-        backend.write_all(b"response").await.unwrap();
-        backend.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"response");
+        let (mut client, mut backend, tunnel) = running().await;
+        send_and_finish(&mut backend, &mut client, b"response").await;
         // The backend's EOF reached the client; the client sends one more record (a
         // TLS close_notify) and resets, both before the tunnel runs again (this
         // runtime has one thread and the test does not yield in between).
         client.write_all(b"close_notify").await.unwrap();
-        socket2::SockRef::from(&client)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
-        drop(client);
-        let done = tokio::time::timeout(Duration::from_secs(10), tunnel)
-            .await
-            .unwrap()
-            .unwrap();
+        reset(client);
+        let done = finished(tunnel).await;
         assert_eq!(done.outcome.end, SpliceEnd::ClientError);
         assert_eq!(done.outcome.client_to_backend, 0);
         assert_eq!(done.outcome.backend_to_client, 8);
@@ -441,38 +435,16 @@ mod tests {
             "client read"
         );
         // The backend, still reading, gets the reset, not the bytes and an EOF.
-        let mut buf = [0u8; 16];
-        let read = backend.read(&mut buf).await;
-        assert!(
-            matches!(&read, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
-            "{read:?}"
-        );
+        assert_reset(&mut backend).await;
     }
 
     #[tokio::test]
     async fn after_the_backend_finished_a_client_still_sends_and_half_closes() {
-        let (client_near, mut client) = pair().await;
-        let (backend_near, mut backend) = pair().await;
-        let tunnel = tokio::spawn(TcpTunnel::new(
-            client_near,
-            backend_near,
-            Duration::from_secs(30),
-        ));
-        backend.write_all(b"ready").await.unwrap();
-        backend.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"ready");
+        let (mut client, mut backend, tunnel) = running().await;
+        send_and_finish(&mut backend, &mut client, b"ready").await;
         // No reset: what the client sends now still reaches the backend, then its EOF.
-        client.write_all(b"the upload").await.unwrap();
-        client.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        backend.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"the upload");
-        let done = tokio::time::timeout(Duration::from_secs(10), tunnel)
-            .await
-            .unwrap()
-            .unwrap();
+        send_and_finish(&mut client, &mut backend, b"the upload").await;
+        let done = finished(tunnel).await;
         assert_eq!(done.outcome.end, SpliceEnd::Closed);
         assert!(done.failure.is_none());
     }
