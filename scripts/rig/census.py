@@ -1,5 +1,5 @@
 """Per-connection (or per-request) syscall census of a `perf script -F event,trace` dump
-of raw_syscalls:sys_exit and sched:sched_switch: see census.sh."""
+of raw_syscalls:sys_exit: see census.sh."""
 import collections
 import re
 import sys
@@ -15,12 +15,8 @@ NAMES = {0: "read", 1: "write", 3: "close", 12: "brk", 16: "ioctl", 20: "writev"
 def main(path, close, rps, seconds):
     calls = collections.Counter()
     returned = collections.Counter()  # epoll_wait calls by the events they returned
-    sleeps = accepted = 0
-    switched = False
+    accepted = 0
     for line in open(path):
-        if "sched_switch" in line:
-            switched = True
-            continue
         m = re.search(r"sys_exit: NR (\d+) = (-?\d+)", line)
         if not m:
             continue
@@ -29,16 +25,13 @@ def main(path, close, rps, seconds):
         if name == "accept4" and ret >= 0:
             accepted += 1
         if name == "epoll_wait":
-            sleeps += switched
             returned[min(ret, 4)] += 1
         calls[name + ("!" if ret < 0 else "")] += 1
-        switched = False
     per = accepted if close == "close" else float(rps) * float(seconds)
     unit = "connection" if close == "close" else "request"
     if not per:
         sys.exit("no traffic seen")
-    print(f"per {unit} ({per:.0f} of them): {sum(calls.values()) / per:.2f} syscalls, "
-          f"{sleeps / per:.2f} sleeps in epoll_wait")
+    print(f"per {unit} ({per:.0f} of them): {sum(calls.values()) / per:.2f} syscalls")
     for name, n in calls.most_common():
         print(f"  {name:<14} {n / per:6.2f}")
     print("  epoll_wait by events returned: " + "  ".join(
