@@ -9,12 +9,6 @@
 # x86-64 syscall numbers. Needs perf with tracepoint access.
 . "$(dirname "$0")/common.sh"
 pid=$1; port=$2; close=${3:-}
-out=$(mktemp -d)
-wrk_tls "$port" "$close" 4 > "$out/wrk" &
-sleep 1
-perf record -q -e raw_syscalls:sys_exit -p "$pid" -o "$out/data" -- sleep 1.5 2>/dev/null
-wait
-perf script -i "$out/data" -F event,trace 2>/dev/null > "$out/trace"
-rps=$(awk '/Requests\/sec/{print $2}' "$out/wrk")
-python3 "$(dirname "$0")/census.py" "$out/trace" "$close" "$rps" 1.5
-rm -rf "$out"
+record_under_load "$port" "$close" 1.5 event,trace -e raw_syscalls:sys_exit -p "$pid"
+python3 "$(dirname "$0")/census.py" "$REC/trace" "$close" "$REC_RPS" 1.5
+rm -rf "$REC"

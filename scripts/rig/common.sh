@@ -25,3 +25,19 @@ switches() {
     for p in "${@:1:$#-1}"; do v=$(awk -v k="$kind:" '$1 == k {print $2}' "/proc/$p/status"); t=$((t + v)); done
     echo $t
 }
+
+# record_under_load PORT CLOSE SECONDS FIELDS PERF_ARGS...: `perf record PERF_ARGS` for
+# SECONDS in the middle of a wrk_tls run through PORT; leaves the recording as
+# `perf script -F FIELDS` text in $REC/trace and wrk's requests/s in $REC_RPS. The caller
+# removes $REC.
+record_under_load() {
+    local port=$1 close=$2 secs=$3 fields=$4
+    shift 4
+    REC=$(mktemp -d)
+    wrk_tls "$port" "$close" "$(awk -v s="$secs" 'BEGIN { print int(s + 2.5) }')" > "$REC/wrk" &
+    sleep 1
+    perf record -q "$@" -o "$REC/data" -- sleep "$secs" 2>/dev/null
+    wait
+    perf script -i "$REC/data" -F "$fields" 2>/dev/null > "$REC/trace"
+    REC_RPS=$(awk '/Requests\/sec/{print $2}' "$REC/wrk")
+}

@@ -7,12 +7,6 @@
 # on the waker's CPU, so the chain shows the cause. Needs perf with tracepoint access.
 . "$(dirname "$0")/common.sh"
 pid=$1; port=$2; close=${3:-}
-out=$(mktemp -d)
-wrk_tls "$port" "$close" 4 > "$out/wrk" &
-sleep 1
-perf record -q -a -g -e sched:sched_waking --filter "pid == $pid" -o "$out/data" -- sleep 2 2>/dev/null
-wait
-perf script -i "$out/data" -F comm,event,ip,sym 2>/dev/null > "$out/trace"
-rps=$(awk '/Requests\/sec/{print $2}' "$out/wrk")
-python3 "$(dirname "$0")/wakers.py" "$out/trace" "$close" "$rps" 2
-rm -rf "$out"
+record_under_load "$port" "$close" 2 comm,event,ip,sym -a -g -e sched:sched_waking --filter "pid == $pid"
+python3 "$(dirname "$0")/wakers.py" "$REC/trace" "$close" "$REC_RPS" 2
+rm -rf "$REC"
