@@ -158,7 +158,12 @@ start)
     for be in be_a be_b; do taskset -c 1 nginx -c "$RIG/$be/nginx.conf" -p "$RIG/$be"; done
     taskset -c 0 nginx -c "$RIG/ngp/nginx.conf" -p "$RIG/ngp"
     taskset -c 0 haproxy -D -f "$RIG/hap.cfg" -p "$RIG/hap.pid"
-    taskset -c 0 "$BIN" run --config "$RIG/tollgate.yaml" > "$RIG/tollgate.log" 2>&1 &
+    # In its own session, as the daemonized nginx and HAProxy are: with the kernel's
+    # autogroup scheduling, a process started from the caller's session shares wrk's
+    # task group, whose weight is then split between the proxy's core and the load core.
+    # wrk then loses the load core to the backends more often (docs/benchmarking.md,
+    # "Session 17").
+    setsid taskset -c 0 "$BIN" run --config "$RIG/tollgate.yaml" > "$RIG/tollgate.log" 2>&1 &
     echo $! > "$RIG/tollgate.pid"
     sleep 1
     "$0" pids
