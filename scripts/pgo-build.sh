@@ -14,7 +14,7 @@
 # Needs, besides the Rust toolchain: llvm-profdata of the LLVM that rustc was built
 # with (`rustup component add llvm-tools`, or a distribution's llvm-NN package with the
 # same major version; or set PROFDATA), and openssl for the training certificate.
-# PGO_PORT_BASE (default 19400) picks the 8 loopback ports the training uses;
+# PGO_PORT_BASE (default 19400) picks the 7 loopback ports the training uses;
 # PGO_SECONDS (default 3) how long each load runs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,6 +42,15 @@ profdata=$(find_profdata)
 [[ -n "$profdata" ]] || die "no llvm-profdata for LLVM $major: rustup component add llvm-tools, or install llvm-$major, or set PROFDATA"
 command -v openssl > /dev/null || die "openssl is needed for the training certificate"
 
+# The training's ports: four backends, two plain HTTP listeners, one TLS listener.
+plain_a=$base tls_a=$((base + 1)) plain_b=$((base + 2)) tls_b=$((base + 3))
+http_close=$((base + 4)) http_pooled=$((base + 5)) edge=$((base + 6))
+for port in $(seq "$base" "$edge"); do
+    if (echo > "/dev/tcp/127.0.0.1/$port") 2> /dev/null; then
+        die "127.0.0.1:$port is in use: set PGO_PORT_BASE to a free range of 7 ports"
+    fi
+done
+
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -52,7 +61,9 @@ cleanup() {
 trap cleanup EXIT
 
 echo "pgo-build: instrumented build (target/pgo-gen)" >&2
-RUSTFLAGS="-Cprofile-generate=$work/unused" CARGO_TARGET_DIR="$root/target/pgo-gen" \
+# A fixed default path keeps the flags, and so this build, the same from run to run; every
+# process below names its profile file itself.
+RUSTFLAGS="-Cprofile-generate=$root/target/pgo-gen/default-profiles" CARGO_TARGET_DIR="$root/target/pgo-gen" \
     cargo build --release --manifest-path "$root/Cargo.toml"
 bin=$root/target/pgo-gen/release/tollgate
 
@@ -62,12 +73,10 @@ wait_port() {
         (echo > "/dev/tcp/127.0.0.1/$1") 2> /dev/null && return 0
         sleep 0.1
     done
-    die "nothing listens on 127.0.0.1:$1 (logs in $work)"
+    die "nothing listens on 127.0.0.1:$1"
 }
 
 # Backends, instrumented too but their profiles are not used.
-plain_a=$base tls_a=$((base + 1)) plain_b=$((base + 2)) tls_b=$((base + 3))
-http_close=$((base + 4)) http_pooled=$((base + 5)) edge=$((base + 6))
 for spec in "$plain_a plain_a" "$plain_b plain_b" "$tls_a tls_a --tls" "$tls_b tls_b --tls"; do
     set -- $spec
     LLVM_PROFILE_FILE="$work/unused/%p.profraw" "$bin" backend --listen "127.0.0.1:$1" \
@@ -125,7 +134,7 @@ load() {
 for threads in 1 2; do
     echo "pgo-build: training, worker_threads: $threads" >&2
     config "$threads" > "$work/tollgate-$threads.yaml"
-    "$bin" check -c "$work/tollgate-$threads.yaml" > /dev/null
+    LLVM_PROFILE_FILE="$work/unused/%p.profraw" "$bin" check -c "$work/tollgate-$threads.yaml" > /dev/null
     LLVM_PROFILE_FILE="$work/profiles/balancer-%p.profraw" "$bin" run \
         -c "$work/tollgate-$threads.yaml" > "$work/balancer-$threads.log" 2>&1 &
     balancer=$!
@@ -140,11 +149,12 @@ for threads in 1 2; do
     done
     # A clean exit writes the profile.
     kill -TERM "$balancer"
-    wait "$balancer" || die "the balancer did not exit cleanly (log: $work/balancer-$threads.log)"
+    wait "$balancer" || die "the balancer did not exit cleanly: $(tail -3 "$work/balancer-$threads.log")"
 done
 
 "$profdata" merge -o "$work/tollgate.profdata" "$work"/profiles/*.profraw
 
+# The profile's path is new each run, so this build always starts over with it.
 echo "pgo-build: optimized build (target/pgo-use)" >&2
 RUSTFLAGS="-Cprofile-use=$work/tollgate.profdata" CARGO_TARGET_DIR="$root/target/pgo-use" \
     cargo build --release --manifest-path "$root/Cargo.toml"
