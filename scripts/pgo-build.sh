@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # usage: scripts/pgo-build.sh [OUT] -> a profile-guided (PGO) release build of tollgate,
 # copied to OUT (default target/pgo/tollgate). Optional: `cargo build --release` stays
-# the supported build; this one costs about 2-4 % less CPU per request or connection in
+# the supported build; this one costs about 2 % less CPU per request or connection in
 # the anchor harness (docs/benchmarking.md, "Session 18").
 #
 # Three steps: an instrumented release build (target/pgo-gen); a training run of that
