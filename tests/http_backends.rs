@@ -505,38 +505,65 @@ async fn upgrade_is_spliced_both_ways() {
 }
 
 #[tokio::test]
-async fn pooled_batched_sends_give_each_concurrent_request_its_own_answer() {
-    // Requests on reused pooled connections are queued and written once per batch
-    // (`exchange/batch.rs`): under concurrency every request must still get the answer
+async fn pooled_requests_get_their_own_answers_with_and_without_batched_sends() {
+    // With `batch_sends: true`, requests on reused pooled connections are queued and
+    // written once per batch (`exchange/batch.rs`); without it (the default) each is
+    // written at once. Either way, under concurrency every request must get the answer
     // to itself, on connections that are reused.
-    let (backend, seen) = inspecting_backend("app").await;
-    let edge = Edge::single_mode(backend.addr, "pooled", "").await;
-    let mut clients = Vec::new();
-    for client in 0..8 {
-        let mut conn = edge.https().await;
-        clients.push(tokio::spawn(async move {
-            for request in 0..25 {
-                let path = format!("/c{client}/r{request}");
-                let got = conn.get(SNI, &path).await.unwrap();
-                assert_eq!(got.status, 200, "{path}");
-                let body = String::from_utf8_lossy(&got.body).into_owned();
-                assert!(
-                    body.contains(&format!("GET {path} HTTP/1.1")),
-                    "{path} answered with {body}"
-                );
-            }
-        }));
+    for batch_sends in ["true", "false"] {
+        let (backend, seen) = inspecting_backend("app").await;
+        let pools = format!(
+            "  app: {{ backend_connections: pooled, batch_sends: {batch_sends}, servers: [ {{ addr: \"{}\" }} ] }}",
+            backend.addr
+        );
+        let edge = Edge::start("    - { pool: app }", &pools, "").await;
+        let mut clients = Vec::new();
+        for client in 0..8 {
+            let mut conn = edge.https().await;
+            clients.push(tokio::spawn(async move {
+                for request in 0..25 {
+                    let path = format!("/c{client}/r{request}");
+                    let got = conn.get(SNI, &path).await.unwrap();
+                    assert_eq!(got.status, 200, "{path}");
+                    let body = String::from_utf8_lossy(&got.body).into_owned();
+                    assert!(
+                        body.contains(&format!("GET {path} HTTP/1.1")),
+                        "batch_sends {batch_sends}: {path} answered with {body}"
+                    );
+                }
+            }));
+        }
+        for client in clients {
+            tokio::time::timeout(Duration::from_secs(20), client)
+                .await
+                .expect("clients finish")
+                .unwrap();
+        }
+        assert_eq!(seen.lock().unwrap().len(), 200, "batch_sends {batch_sends}");
+        assert!(
+            backend.accepted() <= 16,
+            "batch_sends {batch_sends}: pooled connections were not reused: {} for 200 requests",
+            backend.accepted()
+        );
     }
-    for client in clients {
-        tokio::time::timeout(Duration::from_secs(20), client)
-            .await
-            .expect("clients finish")
-            .unwrap();
-    }
-    assert_eq!(seen.lock().unwrap().len(), 200);
-    assert!(
-        backend.accepted() <= 16,
-        "pooled connections were not reused: {} for 200 requests",
-        backend.accepted()
-    );
+}
+
+#[test]
+fn batch_sends_is_off_unless_asked_for() {
+    let yaml = |extra: &str| {
+        format!(
+            "listeners: [ {{ name: t, listen: 127.0.0.1:0, protocol: tcp, pool: p }} ]\npools:\n  p: {{ backend_connections: pooled{extra}, servers: [ {{ addr: \"127.0.0.1:1\" }} ] }}\n"
+        )
+    };
+    let batch = |extra: &str| {
+        let config = tollgate::config::from_yaml(&yaml(extra)).unwrap_or_else(|e| panic!("{e}"));
+        config.pools["p"].batch_sends
+    };
+    assert!(!batch(""));
+    assert!(!batch(", batch_sends: false"));
+    assert!(batch(", batch_sends: true"));
+    let Err(err) = tollgate::config::from_yaml(&yaml(", batch_sends: sometimes")) else {
+        panic!("a non-boolean batch_sends was accepted");
+    };
+    assert!(err.to_string().contains("batch_sends"), "{err}");
 }

@@ -269,6 +269,9 @@ pub struct PoolFile {
     pub backend_connections: Option<String>,
     /// How long a pooled idle backend connection is kept (default 5s).
     pub idle_timeout: Option<String>,
+    /// `pooled` only: queue body-less requests on reused connections and write them
+    /// once per scheduler turn (default false).
+    pub batch_sends: Option<bool>,
     /// The backends.
     #[serde(default)]
     pub servers: Vec<ServerFile>,

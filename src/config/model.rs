@@ -265,6 +265,9 @@ pub struct PoolSpec {
     pub backend_connections: BackendConnections,
     /// Longest a pooled idle backend connection is kept.
     pub idle_timeout: Duration,
+    /// `pooled` only: body-less requests on reused connections are queued and written
+    /// once per scheduler turn (`http/exchange/batch.rs`).
+    pub batch_sends: bool,
     /// Backends in file order.
     pub servers: Vec<ServerSpec>,
     /// Active health check.

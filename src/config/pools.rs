@@ -72,6 +72,7 @@ pub(super) fn validate_pool(name: &str, pool: &PoolFile) -> Result<PoolSpec, Con
         balance,
         backend_connections,
         idle_timeout,
+        batch_sends: pool.batch_sends.unwrap_or(false),
         servers,
         health,
         fail_open: pool.fail_open.unwrap_or(false),

@@ -78,8 +78,9 @@ pub struct PoolClient {
     idle_timeout: Duration,
     /// Per backend index: idle connections, most recent last.
     idle: Vec<Mutex<Vec<IdleConn>>>,
-    /// Queues body-less requests on reused connections, written once per batch.
-    batcher: Arc<SendBatcher>,
+    /// With `batch_sends`: queues body-less requests on reused connections, written
+    /// once per batch.
+    batcher: Option<Arc<SendBatcher>>,
 }
 
 impl std::fmt::Debug for PoolClient {
@@ -140,9 +141,9 @@ impl PoolClient {
         Arc::new(PoolClient {
             mode: pool.spec.backend_connections,
             idle_timeout: pool.spec.idle_timeout,
-            pool,
             idle,
-            batcher: SendBatcher::new(),
+            batcher: pool.spec.batch_sends.then(SendBatcher::new),
+            pool,
         })
     }
 
@@ -275,10 +276,10 @@ impl PoolClient {
         let backend = guard.backend_arc();
         let index = guard.index();
         let reusable = self.mode == BackendConnections::Pooled && !upgrade;
-        // Only a request on a reused connection is batched: a new connection would need
-        // its descriptor duplicated for one request, and its connect already woke the
-        // backend.
-        let batch = reused.then_some(&self.batcher);
+        // With `batch_sends`, only a request on a reused connection is batched: a new
+        // connection would need its descriptor duplicated for one request, and its
+        // connect already woke the backend.
+        let batch = self.batcher.as_ref().filter(|_| reused);
         let exchange = exchange::exchange(&mut conn, request, batch);
         let answer = match tokio::time::timeout(response_timeout, exchange).await {
             Ok(Ok(answer)) => answer,

@@ -1,4 +1,5 @@
-//! Batched backend sends. A body-less request on a reused pooled connection is queued
+//! Batched backend sends, for pools with `batch_sends: true` (off by default: it costs
+//! p99, docs/config.md). A body-less request on a reused pooled connection is queued
 //! instead of written at once; one flusher task per pool writes every queued request
 //! after the worker has run the tasks that were ready with it (the flusher waits with
 //! tokio's deferred wake-up, as `yield_now` does). A backend then wakes once for a batch
