@@ -188,6 +188,14 @@ async fn backend_dying_mid_response_closes_the_client_connection() {
 
 #[tokio::test]
 async fn pooled_retries_an_idempotent_request_the_reused_connection_lost() {
+    // Written at once, and queued for the batch writer (whose write then fails or whose
+    // answer is the backend's close): the retry rule is the same.
+    for mode in ["pooled", "pooled, batch_sends: true"] {
+        retry_on_a_lost_reused_connection(mode).await;
+    }
+}
+
+async fn retry_on_a_lost_reused_connection(mode: &str) {
     // Each connection answers its first request (keep-alive, no Connection: close), then
     // reads the next request and closes without a word: a keep-alive race, every time.
     let lost = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -213,29 +221,29 @@ async fn pooled_retries_an_idempotent_request_the_reused_connection_lost() {
     })
     .await;
     let lost = move || lost.load(std::sync::atomic::Ordering::SeqCst);
-    let edge = Edge::single_mode(flaky.addr, "pooled", "").await;
+    let edge = Edge::single_mode(flaky.addr, mode, "").await;
     let mut conn = edge.https().await;
     for i in 0..5 {
         let got = conn.get(SNI, "/").await.unwrap();
-        assert_eq!(got.status, 200, "GET {i}");
+        assert_eq!(got.status, 200, "{mode}: GET {i}");
         // GET i > 0 went first to connection i-1 (reused, lost), then to a new one.
-        assert_eq!(got.text(), format!("conn {i}"), "GET {i}");
+        assert_eq!(got.text(), format!("conn {i}"), "{mode}: GET {i}");
     }
     assert_eq!(
         (flaky.accepted(), lost()),
         (5, 4),
-        "(connections, requests lost on reuse)"
+        "{mode}: (connections, requests lost on reuse)"
     );
     // A POST is not retried: the failure on the reused connection is a 502.
     let post = hyper::Request::post("/")
         .header("host", SNI)
         .body(Full::new(Bytes::from_static(b"data")))
         .unwrap();
-    assert_eq!(conn.send(post).await.unwrap().status, 502);
+    assert_eq!(conn.send(post).await.unwrap().status, 502, "{mode}");
     assert_eq!(
         (flaky.accepted(), lost()),
         (5, 5),
-        "the POST was sent again"
+        "{mode}: the POST was sent again"
     );
 }
 
