@@ -518,13 +518,9 @@ async fn pooled_requests_get_their_own_answers_with_and_without_batched_sends() 
     // written once per batch (`exchange/batch.rs`); without it (the default) each is
     // written at once. Either way, under concurrency every request must get the answer
     // to itself, on connections that are reused.
-    for batch_sends in ["true", "false"] {
+    for mode in ["pooled, batch_sends: true", "pooled"] {
         let (backend, seen) = inspecting_backend("app").await;
-        let pools = format!(
-            "  app: {{ backend_connections: pooled, batch_sends: {batch_sends}, servers: [ {{ addr: \"{}\" }} ] }}",
-            backend.addr
-        );
-        let edge = Edge::start("    - { pool: app }", &pools, "").await;
+        let edge = Edge::single_mode(backend.addr, mode, "").await;
         let mut clients = Vec::new();
         for client in 0..8 {
             let mut conn = edge.https().await;
@@ -536,7 +532,7 @@ async fn pooled_requests_get_their_own_answers_with_and_without_batched_sends() 
                     let body = String::from_utf8_lossy(&got.body).into_owned();
                     assert!(
                         body.contains(&format!("GET {path} HTTP/1.1")),
-                        "batch_sends {batch_sends}: {path} answered with {body}"
+                        "{mode}: {path} answered with {body}"
                     );
                 }
             }));
@@ -547,10 +543,10 @@ async fn pooled_requests_get_their_own_answers_with_and_without_batched_sends() 
                 .expect("clients finish")
                 .unwrap();
         }
-        assert_eq!(seen.lock().unwrap().len(), 200, "batch_sends {batch_sends}");
+        assert_eq!(seen.lock().unwrap().len(), 200, "{mode}");
         assert!(
             backend.accepted() <= 16,
-            "batch_sends {batch_sends}: pooled connections were not reused: {} for 200 requests",
+            "{mode}: pooled connections were not reused: {} for 200 requests",
             backend.accepted()
         );
     }
