@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::exchange::batch::SendBatcher;
 use super::exchange::body::BackendBody;
+use super::exchange::raw_fields::RawFields;
 use super::exchange::{self, BackendConn, ExchangeError};
 use crate::config::BackendConnections;
 use crate::error::ProxyError;
@@ -110,6 +111,8 @@ pub struct Sending {
 pub struct Forwarded {
     /// The response; its body streams from the backend.
     pub response: Response<ProxyBody>,
+    /// The response's fields as they arrived, when `Sending::raw_fields` asked for them.
+    pub raw_fields: Option<RawFields>,
     /// The backend (its name is for logs; cloning the `Arc` copies nothing).
     pub backend: Arc<Backend>,
     /// The backend's index in its pool.
@@ -292,6 +295,7 @@ impl PoolClient {
             // while the tunnel is open.
             return Ok(Forwarded {
                 response: Response::from_parts(head.parts, empty_body()),
+                raw_fields: head.raw_fields,
                 backend,
                 index,
                 upgraded: Some(Upgraded { conn, guard }),
@@ -312,6 +316,7 @@ impl PoolClient {
         let body = BackendBody::new(conn, head.framing, keep, on_end, answer.unsent);
         Ok(Forwarded {
             response: Response::from_parts(head.parts, body.boxed_unsync()),
+            raw_fields: head.raw_fields,
             backend,
             index,
             upgraded: None,

@@ -16,14 +16,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::{Request, Response};
+use hyper::Request;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::client::ProxyBody;
 use driver::{DriveEnd, Driver};
 pub use request_body::RequestBody;
+pub use response_head::Answer;
 
 /// Activity of one client connection, shared by its IO wrapper, its service and its
 /// watchdog.
@@ -264,7 +264,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnOnce(Arc<ConnActivity>) -> Svc,
     Svc: FnMut(Request<RequestBody>) -> Fut,
-    Fut: Future<Output = Response<ProxyBody>>,
+    Fut: Future<Output = Answer>,
 {
     let activity = Arc::new(ConnActivity::new());
     let service = make_service(Arc::clone(&activity));

@@ -271,7 +271,7 @@ pub async fn serve_plain(
                             proxy::redirect(&req, port)
                         };
                         activity.request_finished();
-                        std::future::ready(response)
+                        std::future::ready(conn::Answer::from(response))
                     }
                 },
             ))

@@ -15,7 +15,7 @@ use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST, LOCATION, RETRY
 use hyper::{Request, Response, StatusCode, Version};
 
 use super::client::{full_body, ForwardError, PoolClient, ProxyBody, Sending};
-use super::conn::{AwaitingHead, ConnActivity, InFlight, RequestBody};
+use super::conn::{Answer, AwaitingHead, ConnActivity, InFlight, RequestBody};
 use super::headers;
 use super::routes::{CompiledRule, RouteTable, Target};
 use crate::access_log::AccessLog;
@@ -134,7 +134,7 @@ impl Served {
 }
 
 /// Handles one request.
-pub async fn handle(request: Request<RequestBody>, cx: Arc<ProxyContext>) -> Response<ProxyBody> {
+pub async fn handle(request: Request<RequestBody>, cx: Arc<ProxyContext>) -> Answer {
     let started = Instant::now();
     let in_flight = InFlight(Arc::clone(&cx.activity));
     cx.activity.request_started();
@@ -158,28 +158,34 @@ pub async fn handle(request: Request<RequestBody>, cx: Arc<ProxyContext>) -> Res
         bytes_out: 0,
     });
     let awaiting = AwaitingHead::new(&cx.activity);
-    let (response, served) = forward(request, &cx, started).await;
+    let (answer, served) = forward(request, &cx, started).await;
     drop(awaiting);
     let pending = pending.map(|mut p| {
-        p.status = response.status().as_u16();
+        p.status = answer.response.status().as_u16();
         p.served = served;
         p
     });
-    track(response, in_flight, pending)
+    Answer {
+        response: track(answer.response, in_flight, pending),
+        raw_fields: answer.raw_fields,
+    }
 }
 
 async fn forward(
     request: Request<RequestBody>,
     cx: &ProxyContext,
     started: Instant,
-) -> (Response<ProxyBody>, Served) {
+) -> (Answer, Served) {
     let refuse = |status: StatusCode, text: &str| {
         cx.table.unmatched.count(status, started);
-        (closing(plain_response(status, text)), Served::default())
+        (
+            closing(plain_response(status, text)).into(),
+            Served::default(),
+        )
     };
     if has_ambiguous_framing(&request, &cx.activity) {
         cx.table.unmatched.count(StatusCode::BAD_REQUEST, started);
-        return (ambiguous_framing_response(), Served::default());
+        return (ambiguous_framing_response().into(), Served::default());
     }
     if let Some(raw) = request.headers().get(HOST) {
         if !headers::valid_host_header(raw.as_bytes()) {
@@ -202,7 +208,7 @@ async fn forward(
             cx.table
                 .unmatched
                 .count(StatusCode::TOO_MANY_REQUESTS, started);
-            return (too_many_requests(wait), Served::default());
+            return (too_many_requests(wait).into(), Served::default());
         }
     }
     // A declared Content-Length over the limit is refused before anything is forwarded;
@@ -225,7 +231,7 @@ async fn forward(
     let Some(rule) = cx.table.find(host.as_deref(), request.uri().path()) else {
         cx.table.unmatched.count(StatusCode::NOT_FOUND, started);
         return (
-            plain_response(StatusCode::NOT_FOUND, "no route for this host and path"),
+            plain_response(StatusCode::NOT_FOUND, "no route for this host and path").into(),
             Served::default(),
         );
     };
@@ -235,15 +241,15 @@ async fn forward(
         if let Err(wait) = rate.check(cx.peer.ip(), started) {
             cx.conn.protection.count(Limit::Rate);
             rule.metrics.count(StatusCode::TOO_MANY_REQUESTS, started);
-            return (too_many_requests(wait), served);
+            return (too_many_requests(wait).into(), served);
         }
     }
     let facts = rule.compress.as_ref().map(|c| c.request_facts(&request));
-    let response = match (&rule.target, &rule.cache) {
+    let answer = match (&rule.target, &rule.cache) {
         (Target::Static(root), _) => {
             let response = root.serve(&request).await;
             rule.metrics.count(response.status(), started);
-            response
+            Answer::from(response)
         }
         (Target::Pool(client), Some(cache)) => {
             let fetched = std::sync::atomic::AtomicBool::new(false);
@@ -252,7 +258,9 @@ async fn forward(
             // request's future (and each move of it) would be that large.
             let response = Box::pin(cache.serve(request, cx.proto, |request| {
                 fetched.store(true, std::sync::atomic::Ordering::Relaxed);
-                to_pool(request, rule, client, cx, started, body_limit, served_ref)
+                // A cached route's fields go through the map (`Sending::raw_fields`).
+                let fetch = to_pool(request, rule, client, cx, started, body_limit, served_ref);
+                async move { fetch.await.response }
             }))
             .await;
             if !fetched.load(std::sync::atomic::Ordering::Relaxed) {
@@ -261,17 +269,19 @@ async fn forward(
                 rule.metrics.count(response.status(), started);
                 served.backend("cache");
             }
-            response
+            Answer::from(response)
         }
         (Target::Pool(client), None) => {
             to_pool(request, rule, client, cx, started, body_limit, &mut served).await
         }
     };
-    let response = match (facts, &rule.compress) {
-        (Some(facts), Some(compress)) => compress.apply(facts, response),
-        _ => response,
+    // A compressed route's fields go through the map (`Sending::raw_fields`): there are
+    // no raw fields for the compressor to leave stale.
+    let answer = match (facts, &rule.compress) {
+        (Some(facts), Some(compress)) => Answer::from(compress.apply(facts, answer.response)),
+        _ => answer,
     };
-    (response, served)
+    (answer, served)
 }
 
 /// Forwards `request` to a backend of `client`'s pool and returns its response, or the
@@ -284,7 +294,7 @@ async fn to_pool(
     started: Instant,
     body_limit: Option<(u64, CancellationToken)>,
     served: &mut Served,
-) -> Response<ProxyBody> {
+) -> Answer {
     // The connection marked an upgrade request (Connection: upgrade with Upgrade) with
     // its hand-over.
     let client_upgrade = super::conn::upgrade::on(&mut request);
@@ -367,7 +377,7 @@ async fn to_pool(
         Some(tripped) => {
             tokio::select! {
                 biased;
-                _ = tripped.cancelled() => return over_limit(),
+                _ = tripped.cancelled() => return over_limit().into(),
                 r = send => r,
             }
         }
@@ -376,7 +386,7 @@ async fn to_pool(
         Ok(f) => f,
         // The exchange read the body past the limit in the same poll that ended it.
         Err(ForwardError::RequestBody(_)) if tripped.as_ref().is_some_and(|t| t.is_cancelled()) => {
-            return over_limit();
+            return over_limit().into();
         }
         // The request body the client sent was malformed (a bad chunk size or an
         // oversized chunk extension): the client's fault, not the backend's.
@@ -386,7 +396,8 @@ async fn to_pool(
             return closing(plain_response(
                 StatusCode::BAD_REQUEST,
                 "bad request: malformed body",
-            ));
+            ))
+            .into();
         }
         Err(err) => {
             let (status, text) = match &err {
@@ -404,7 +415,7 @@ async fn to_pool(
             };
             tracing::warn!(pool = %client.pool().name, error = %err, status = status.as_u16(), "request not forwarded");
             rule.metrics.count(status, started);
-            return plain_response(status, text);
+            return plain_response(status, text).into();
         }
     };
     if forwarded.closes {
@@ -445,7 +456,7 @@ async fn to_pool(
                 }
                 drop(guard);
             });
-            return response;
+            return response.into();
         }
     }
     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -453,7 +464,10 @@ async fn to_pool(
         // for one. Any other response came without them (`exchange/head.rs`).
         headers::strip_hop_by_hop(response.headers_mut(), false);
     }
-    response
+    Answer {
+        response,
+        raw_fields: forwarded.raw_fields,
+    }
 }
 
 /// 429 with `Retry-After` in whole seconds, rounded up.

@@ -15,12 +15,12 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hyper::body::Body;
-use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper::{Method, Request, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::request_body::{self, BodyFeed, FeedStep, RequestBody};
 use super::request_head::{self, RequestHead, RequestHeadError};
-use super::response_head::{self, RequestFacts, ResponseFraming};
+use super::response_head::{self, Answer, RequestFacts, ResponseFraming};
 use super::upgrade::{self, UpgradeSender};
 use super::{ConnActivity, ConnLimits};
 use crate::http::client::ProxyBody;
@@ -226,12 +226,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ConnIo<S> {
 
     /// Polls the request path until it answers, feeding its body meanwhile. `None`: the
     /// client closed first.
-    fn poll_answer<Fut: Future<Output = Response<ProxyBody>>>(
+    fn poll_answer<Fut: Future<Output = Answer>>(
         &mut self,
         cx: &mut Context<'_>,
         answer: Pin<&mut Fut>,
         feed: &mut Option<BodyFeed>,
-    ) -> Poll<io::Result<Option<Response<ProxyBody>>>> {
+    ) -> Poll<io::Result<Option<Answer>>> {
         let mut answer = answer;
         loop {
             if let Poll::Ready(response) = answer.as_mut().poll(cx) {
@@ -381,7 +381,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Driver<S> {
     pub(super) async fn run<F, Fut>(mut self, mut service: F) -> io::Result<DriveEnd>
     where
         F: FnMut(Request<RequestBody>) -> Fut,
-        Fut: Future<Output = Response<ProxyBody>>,
+        Fut: Future<Output = Answer>,
     {
         loop {
             let head = match self.read_head().await {
@@ -443,7 +443,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Driver<S> {
     async fn serve<F, Fut>(&mut self, head: RequestHead, service: &mut F) -> io::Result<Next>
     where
         F: FnMut(Request<RequestBody>) -> Fut,
-        Fut: Future<Output = Response<ProxyBody>>,
+        Fut: Future<Output = Answer>,
     {
         let RequestHead {
             mut parts,
@@ -465,15 +465,18 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Driver<S> {
             parts.extensions.insert(on_upgrade);
             sender
         });
-        let response = {
+        let Answer {
+            response,
+            raw_fields,
+        } = {
             let mut answer = pin!(service(Request::from_parts(parts, body)));
             let io = &mut self.io;
             let answered = poll_fn(|cx| io.poll_answer(cx, answer.as_mut(), &mut feed)).await?;
-            let Some(response) = answered else {
+            let Some(answer) = answered else {
                 tracing::debug!("client closed with a request in flight; abandoning it");
                 return Ok(Next::ClientGone);
             };
-            response
+            answer
         };
         let (parts, body) = response.into_parts();
         let activity = &self.io.activity;
@@ -488,6 +491,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Driver<S> {
         }
         let framing = response_head::encode(
             &parts,
+            raw_fields.as_ref(),
             &body.size_hint(),
             facts,
             &mut keep_alive,
@@ -495,6 +499,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Driver<S> {
         );
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         drop(parts);
+        drop(raw_fields);
         if let (true, Some(sender)) = (switching && upgrade, upgrade_sender) {
             poll_fn(|cx| self.io.poll_flush(cx)).await?;
             drop(body);

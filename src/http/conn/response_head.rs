@@ -11,8 +11,9 @@ use bytes::{BufMut, BytesMut};
 use hyper::body::SizeHint;
 use hyper::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use hyper::http::response::Parts;
-use hyper::StatusCode;
+use hyper::{Response, StatusCode};
 
+use crate::http::client::ProxyBody;
 use crate::http::exchange::raw_fields::RawFields;
 use crate::http::headers::parse_content_length;
 use crate::http::headers::Tokens;
@@ -30,6 +31,26 @@ pub enum ResponseFraming {
     UntilClose,
 }
 
+/// What the request path answers a request with: the response, and the backend's fields
+/// when they were kept as they arrived (`exchange/raw_fields.rs`; the response's header
+/// map is then empty of them). They travel beside the response rather than in its
+/// extensions, which would cost three allocations per response.
+pub struct Answer {
+    /// The response to write.
+    pub response: Response<ProxyBody>,
+    /// The backend's end-to-end fields, written before the map's.
+    pub raw_fields: Option<RawFields>,
+}
+
+impl From<Response<ProxyBody>> for Answer {
+    fn from(response: Response<ProxyBody>) -> Self {
+        Answer {
+            response,
+            raw_fields: None,
+        }
+    }
+}
+
 /// What the head depends on from its request.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts {
@@ -41,11 +62,13 @@ pub struct RequestFacts {
     pub upgrade: bool,
 }
 
-/// Writes the head of a response with `parts` and a body of `size` into `out`. Clears
-/// `keep_alive` when the connection cannot carry another request after it (the response
-/// says `Connection: close`, or its body runs to the close).
+/// Writes the head of a response with `parts` (and `raw_fields`, the backend's fields as
+/// they arrived, if any) and a body of `size` into `out`. Clears `keep_alive` when the
+/// connection cannot carry another request after it (the response says
+/// `Connection: close`, or its body runs to the close).
 pub fn encode(
     parts: &Parts,
+    raw_fields: Option<&RawFields>,
     size: &SizeHint,
     request: RequestFacts,
     keep_alive: &mut bool,
@@ -69,7 +92,7 @@ pub fn encode(
     let mut dated = false;
     // A backend's fields kept as they arrived (`exchange/raw_fields.rs`): no framing
     // or Connection field among them, and the map is empty.
-    if let Some(raw) = parts.extensions.get::<RawFields>() {
+    if let Some(raw) = raw_fields {
         raw.write(out);
         length = raw.length;
         dated = raw.dated;
@@ -225,7 +248,7 @@ mod tests {
         }
         let mut keep = keep_alive;
         let mut out = BytesMut::new();
-        let framing = encode(&parts, &size, request, &mut keep, &mut out);
+        let framing = encode(&parts, None, &size, request, &mut keep, &mut out);
         (String::from_utf8(out.to_vec()).unwrap(), framing, keep)
     }
 

@@ -42,6 +42,9 @@ pub struct ResponseHead {
     pub framing: BodyFraming,
     /// Whether the connection may carry another request after this response.
     pub keep_alive: bool,
+    /// A final response's end-to-end fields as they arrived, when the caller asked for
+    /// them (the header map is then empty).
+    pub raw_fields: Option<RawFields>,
 }
 
 /// Why a response head was refused.
@@ -63,8 +66,8 @@ pub enum HeadError {
 
 /// Parses the head at the front of `buf`. `Ok(None)`: incomplete, read more. On success
 /// the head's bytes are taken off `buf`; what follows (body bytes) stays. With
-/// `raw_fields`, a final response's end-to-end fields are kept as they arrived, in the
-/// parts' extensions (`RawFields`), and its header map stays empty.
+/// `raw_fields`, a final response's end-to-end fields are kept as they arrived
+/// (`ResponseHead::raw_fields`), and its header map stays empty.
 pub fn parse(
     buf: &mut BytesMut,
     method: &Method,
@@ -109,7 +112,7 @@ pub fn parse(
         if let Some(collected) = RawFields::collect(&head, &spans) {
             let mut head = finish(method, status, version, collected.framing)?;
             head.keep_alive_secs = collected.keep_alive_secs;
-            head.parts.extensions.insert(collected.fields);
+            head.raw_fields = Some(collected.fields);
             return Ok(Some(head));
         }
     }
@@ -187,6 +190,7 @@ fn finish(
         keep_alive_secs: None,
         framing,
         keep_alive,
+        raw_fields: None,
     })
 }
 
@@ -242,7 +246,7 @@ mod tests {
     }
 
     fn raw(head: &ResponseHead) -> &RawFields {
-        head.parts.extensions.get::<RawFields>().unwrap()
+        head.raw_fields.as_ref().unwrap()
     }
 
     fn written(head: &ResponseHead) -> String {
@@ -314,7 +318,7 @@ mod tests {
     fn fields_a_connection_field_names_take_the_map_path() {
         let input = b"HTTP/1.1 200 OK\r\nX-Before: 1\r\nConnection: close, X-Before\r\nX-Kept: 3\r\nContent-Length: 0\r\n\r\n";
         let head = parse_raw(input, &Method::GET).unwrap().unwrap();
-        assert!(head.parts.extensions.get::<RawFields>().is_none());
+        assert!(head.raw_fields.is_none());
         let mut kept = names(&head);
         kept.sort_unstable();
         assert_eq!(kept, ["content-length", "x-kept"]);
@@ -328,7 +332,7 @@ mod tests {
             b"HTTP/1.1 100 Continue\r\nX-A: 1\r\n\r\n",
         ] {
             let head = parse_raw(input, &Method::GET).unwrap().unwrap();
-            assert!(head.parts.extensions.get::<RawFields>().is_none());
+            assert!(head.raw_fields.is_none());
             assert!(!head.parts.headers.is_empty());
         }
     }

@@ -7,6 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::http::client::full_body;
+use hyper::Response;
 
 fn limits() -> ConnLimits {
     ConnLimits {
@@ -39,7 +40,7 @@ fn written_before_sibling(wait_turn: bool) -> (bool, Vec<u8>) {
             if wait_turn {
                 asked.write_after_turn();
             }
-            async { Response::new(full_body("hello")) }
+            async { Answer::from(Response::new(full_body("hello"))) }
         }));
         let sibling = tokio::spawn(async move {
             let mut buf = [0u8; 512];
