@@ -353,13 +353,15 @@ async fn to_pool(
         raw_fields: rule.compress.is_none() && rule.cache.is_none(),
         extra_fields: forwarding,
     };
-    let send = client.send(
+    // Pinned where it is built: awaiting it by reference does not move the ~2 KiB
+    // future into the await's own slot.
+    let send = std::pin::pin!(client.send(
         backend_request,
         how,
         cx.peer,
         cx.timeouts.connect,
         cx.timeouts.backend_response,
-    );
+    ));
     let over_limit = || {
         // Dropping the exchange aborts the backend connection mid-body: the backend
         // never sees a complete request.
