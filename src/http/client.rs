@@ -307,12 +307,12 @@ impl PoolClient {
         let expires = keep.then(|| self.expiry(head.keep_alive_secs));
         let client = Arc::clone(self);
         // The guard counts the connection as busy until its response body ends.
-        let on_end = Box::new(move |done: Option<BackendConn>| {
+        let on_end = move |done: Option<BackendConn>| {
             if let (Some(conn), Some(expires)) = (done, expires) {
                 client.give_back(index, IdleConn { conn, expires });
             }
             drop(guard);
-        });
+        };
         let body = BackendBody::new(conn, head.framing, keep, on_end, answer.unsent);
         Ok(Forwarded {
             response: Response::from_parts(head.parts, body.boxed_unsync()),
