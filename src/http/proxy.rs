@@ -260,7 +260,11 @@ async fn forward(
                 fetched.store(true, std::sync::atomic::Ordering::Relaxed);
                 // A cached route's fields go through the map (`Sending::raw_fields`).
                 let fetch = to_pool(request, rule, client, cx, started, body_limit, served_ref);
-                async move { fetch.await.response }
+                async move {
+                    let answer = fetch.await;
+                    debug_assert!(answer.raw_fields.is_none(), "raw fields on a cached route");
+                    answer.response
+                }
             }))
             .await;
             if !fetched.load(std::sync::atomic::Ordering::Relaxed) {
@@ -278,7 +282,13 @@ async fn forward(
     // A compressed route's fields go through the map (`Sending::raw_fields`): there are
     // no raw fields for the compressor to leave stale.
     let answer = match (facts, &rule.compress) {
-        (Some(facts), Some(compress)) => Answer::from(compress.apply(facts, answer.response)),
+        (Some(facts), Some(compress)) => {
+            debug_assert!(
+                answer.raw_fields.is_none(),
+                "raw fields on a compressed route"
+            );
+            Answer::from(compress.apply(facts, answer.response))
+        }
         _ => answer,
     };
     (answer, served)

@@ -2,7 +2,9 @@
 //! left them, and what HTTP/1.1 framing needs (RFC 9112 §6): `content-length` when the
 //! body's size is known, `transfer-encoding: chunked` when it is not, a close-delimited
 //! body for an HTTP/1.0 client, `connection: close` when the connection ends after this
-//! response, and `date` when the response has none (RFC 9110 §6.6.1).
+//! response, and `date` when the response has none (RFC 9110 §6.6.1). Also what the
+//! request path hands the encoder: an `Answer`, the response with the backend's fields
+//! when they were kept as they arrived.
 
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
