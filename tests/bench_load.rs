@@ -178,3 +178,106 @@ async fn wrong_status_and_length_count_as_errors() {
         .iter()
         .any(|(k, n)| *k == "connect" && *n > 0));
 }
+
+/// How [`raw_server`] answers.
+#[derive(Clone, Copy)]
+enum RawMode {
+    /// A 10-byte chunked body; every third answer on a connection says `Connection: close`
+    /// and the connection closes.
+    ChunkedClosingEveryThird,
+    /// A 10-byte body, then the connection closes without saying so (as a server does
+    /// with an idle keep-alive connection).
+    SilentClose,
+    /// Reads requests and never answers.
+    Mute,
+}
+
+/// A hand-written HTTP/1.1 server, for answers hyper's server does not give.
+async fn raw_server(mode: RawMode) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut answered = 0usize;
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    pending.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        answered += 1;
+                        let (answer, close): (&[u8], bool) = match mode {
+                            RawMode::ChunkedClosingEveryThird if answered % 3 == 0 => (
+                                b"HTTP/1.1 200 OK\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n4\r\n0123\r\n6\r\n456789\r\n0\r\n\r\n",
+                                true,
+                            ),
+                            RawMode::ChunkedClosingEveryThird => (
+                                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\n0123\r\n6\r\n456789\r\n0\r\n\r\n",
+                                false,
+                            ),
+                            RawMode::SilentClose => (
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789",
+                                true,
+                            ),
+                            RawMode::Mute => continue,
+                        };
+                        if stream.write_all(answer).await.is_err() || close {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn chunked_answers_and_announced_closes_are_not_errors() {
+    let addr = raw_server(RawMode::ChunkedClosingEveryThird).await;
+    let mut opts = options(format!("http://{addr}/"), None, Duration::from_millis(300));
+    opts.connections = 2;
+    let result = run(opts, |_, _| {}).await.unwrap();
+    assert_eq!(result.errors.total(), 0, "{:?}", result.errors.pairs());
+    assert!(result.requests >= 6, "{} requests", result.requests);
+    assert_eq!(result.bytes, result.requests * 10);
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_the_server_dropped_is_retried_on_a_new_one() {
+    let addr = raw_server(RawMode::SilentClose).await;
+    let result = run(
+        options(format!("http://{addr}/"), None, Duration::from_millis(300)),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(result.errors.total(), 0, "{:?}", result.errors.pairs());
+    assert!(result.requests >= 2, "{} requests", result.requests);
+}
+
+#[tokio::test]
+async fn an_answer_that_never_comes_is_a_timeout() {
+    let addr = raw_server(RawMode::Mute).await;
+    let mut opts = options(format!("http://{addr}/"), None, Duration::from_millis(500));
+    opts.timeout = Duration::from_millis(100);
+    let result = run(opts, |_, _| {}).await.unwrap();
+    assert_eq!(result.requests, 0);
+    let timeouts = result
+        .errors
+        .pairs()
+        .iter()
+        .find(|(k, _)| *k == "timeout")
+        .map_or(0, |(_, n)| *n);
+    // One per 100 ms of the run's 500, give or take the last one.
+    assert!((2..=6).contains(&timeouts), "{timeouts} timeouts");
+    assert_eq!(result.errors.total(), timeouts);
+}

@@ -4,24 +4,25 @@
 //! latency measured from each request's intended send time (coordinated omission
 //! corrected, as wrk2 does). Keep-alive or a new connection per request, with or
 //! without TLS session resumption. Every response's status and body length are
-//! checked; anything else counts as an error. Latencies go into an HdrHistogram.
+//! checked; anything else counts as an error. Latencies go into an HdrHistogram. The
+//! HTTP/1.1 exchange itself is `http1.rs`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, Uri};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
+
+use super::http1;
 
 /// Highest latency the histogram records (60 s, in microseconds).
 const MAX_LATENCY_US: u64 = 60_000_000;
@@ -219,8 +220,8 @@ impl LoadResult {
 struct Target {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     addr: SocketAddr,
-    host: hyper::header::HeaderValue,
-    uri: Uri,
+    /// The request every exchange sends, built once.
+    request: Vec<u8>,
 }
 
 async fn target(options: &LoadOptions) -> Result<Target, BenchError> {
@@ -228,7 +229,7 @@ async fn target(options: &LoadOptions) -> Result<Target, BenchError> {
         url: options.url.clone(),
         why: why.to_string(),
     };
-    let uri: Uri = options.url.parse().map_err(|_| bad("not a URL"))?;
+    let uri: hyper::Uri = options.url.parse().map_err(|_| bad("not a URL"))?;
     let https = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
@@ -276,9 +277,15 @@ async fn target(options: &LoadOptions) -> Result<Target, BenchError> {
     Ok(Target {
         tls,
         addr,
-        host: hyper::header::HeaderValue::from_str(&host_header).map_err(|_| bad("bad host"))?,
-        uri: path.parse().map_err(|_| bad("bad path"))?,
+        request: request_bytes(&path, &host_header, options.new_connection),
     })
+}
+
+/// `GET path HTTP/1.1` with Host (and `Connection: close` for a new connection per
+/// request), as wrk sends it.
+fn request_bytes(path: &str, host: &str, close: bool) -> Vec<u8> {
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{connection}\r\n").into_bytes()
 }
 
 fn client_config(options: &LoadOptions) -> Result<Arc<rustls::ClientConfig>, BenchError> {
@@ -338,9 +345,13 @@ struct Shared {
     expect_length: AtomicU64,
 }
 
-type Sender = SendRequest<Empty<Bytes>>;
+/// One open connection: its stream, and what was read from it and not yet used.
+struct Conn {
+    stream: Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>,
+    buf: BytesMut,
+}
 
-async fn open(shared: &Shared) -> Option<Sender> {
+async fn open(shared: &Shared) -> Option<Conn> {
     let stream = match TcpStream::connect(shared.target.addr).await {
         Ok(s) => s,
         Err(_) => {
@@ -349,85 +360,95 @@ async fn open(shared: &Shared) -> Option<Sender> {
         }
     };
     let _ = stream.set_nodelay(true);
-    match &shared.target.tls {
-        Some((connector, name)) => {
-            let tls = match connector.connect(name.clone(), stream).await {
-                Ok(t) => t,
-                Err(_) => {
-                    shared.errors.tls.fetch_add(1, Ordering::Relaxed);
-                    return None;
-                }
-            };
-            handshake(shared, TokioIo::new(tls)).await
-        }
-        None => handshake(shared, TokioIo::new(stream)).await,
-    }
-}
-
-async fn handshake<I>(shared: &Shared, io: I) -> Option<Sender>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    match hyper::client::conn::http1::handshake(io).await {
-        Ok((sender, conn)) => {
-            tokio::spawn(conn);
-            Some(sender)
-        }
-        Err(_) => {
-            shared.errors.io.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
-
-/// Sends one request and checks the answer; returns the body length when correct.
-async fn exchange(shared: &Shared, sender: &mut Sender) -> Result<u64, ()> {
-    // The URI and Host value were parsed once; cloning them only bumps refcounts.
-    let mut request = Request::new(Empty::<Bytes>::new());
-    *request.uri_mut() = shared.target.uri.clone();
-    request
-        .headers_mut()
-        .insert(hyper::header::HOST, shared.target.host.clone());
-    if shared.options.new_connection {
-        request.headers_mut().insert(
-            hyper::header::CONNECTION,
-            hyper::header::HeaderValue::from_static("close"),
-        );
-    }
-    let work = async {
-        sender.ready().await.map_err(|_| "io")?;
-        let response = sender.send_request(request).await.map_err(|_| "io")?;
-        let status = response.status().as_u16();
-        // Count the body as it streams; nothing is gathered into one buffer.
-        let mut body = response.into_body();
-        let mut len = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| "io")?;
-            if let Some(data) = frame.data_ref() {
-                len += data.len() as u64;
+    let stream = match &shared.target.tls {
+        Some((connector, name)) => match connector.connect(name.clone(), stream).await {
+            Ok(tls) => Either::Right(tls),
+            Err(_) => {
+                shared.errors.tls.fetch_add(1, Ordering::Relaxed);
+                return None;
             }
-        }
-        Ok::<_, &str>((status, len))
+        },
+        None => Either::Left(stream),
     };
-    let (status, len) = match tokio::time::timeout(shared.options.timeout, work).await {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(_)) => {
-            shared.errors.io.fetch_add(1, Ordering::Relaxed);
-            return Err(());
+    Some(Conn {
+        stream,
+        buf: BytesMut::new(),
+    })
+}
+
+/// A connection's request deadlines on one timer: armed at the first deadline and
+/// re-armed only when it fires before the current one (they only move later), so that a
+/// request costs no timer insert and removal.
+#[derive(Default)]
+struct Deadline {
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Deadline {
+    /// Completes at `at`.
+    async fn reached(&mut self, at: Instant) {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.deadline() > at {
+            timer.as_mut().reset(at);
         }
-        Err(_) => {
+        loop {
+            timer.as_mut().await;
+            if Instant::now() >= at {
+                return;
+            }
+            timer.as_mut().reset(at);
+        }
+    }
+}
+
+/// How one request went.
+enum Exchanged {
+    /// A correct answer with this many body bytes; whether the connection may be reused.
+    Answered { len: u64, keep_alive: bool },
+    /// A reused connection failed before any byte of the answer arrived (the server had
+    /// closed it while idle, mostly): the request goes again on a new connection, once,
+    /// without counting an error.
+    Stale,
+    /// Counted as an error.
+    Failed,
+}
+
+/// Sends the request on `conn` and checks the answer (status and body length) by `at`.
+async fn exchange(
+    shared: &Shared,
+    conn: &mut Conn,
+    reused: bool,
+    deadline: &mut Deadline,
+    at: Instant,
+) -> Exchanged {
+    let request = &shared.target.request;
+    let answer = tokio::select! {
+        biased;
+        answer = http1::exchange(&mut conn.stream, &mut conn.buf, request) => answer,
+        () = deadline.reached(at) => {
             shared.errors.timeout.fetch_add(1, Ordering::Relaxed);
-            return Err(());
+            return Exchanged::Failed;
+        }
+    };
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(err) if reused && !err.answered() => return Exchanged::Stale,
+        Err(_) => {
+            shared.errors.io.fetch_add(1, Ordering::Relaxed);
+            return Exchanged::Failed;
         }
     };
     let status_ok = match shared.options.expect_status {
-        Some(s) => status == s,
-        None => (200..300).contains(&status),
+        Some(s) => answer.status == s,
+        None => (200..300).contains(&answer.status),
     };
     if !status_ok {
         shared.errors.status.fetch_add(1, Ordering::Relaxed);
-        return Err(());
+        return Exchanged::Failed;
     }
+    let len = answer.body_len;
     let expected = match shared.expect_length.load(Ordering::Relaxed) {
         0 => {
             // First good answer sets the expectation for the rest of the run.
@@ -443,9 +464,12 @@ async fn exchange(shared: &Shared, sender: &mut Sender) -> Result<u64, ()> {
     };
     if len != expected {
         shared.errors.length.fetch_add(1, Ordering::Relaxed);
-        return Err(());
+        return Exchanged::Failed;
     }
-    Ok(len)
+    Exchanged::Answered {
+        len,
+        keep_alive: answer.keep_alive,
+    }
 }
 
 /// One connection's loop; returns its histogram and body bytes.
@@ -466,7 +490,8 @@ async fn connection_loop(
         Some(i) => start + i.mul_f64(index as f64 / shared.options.connections as f64),
         None => start,
     };
-    let mut sender: Option<Sender> = None;
+    let mut kept: Option<Conn> = None;
+    let mut deadline = Deadline::default();
     // Open loop: sends are timed with a timerfd (tokio's timer ticks once a millisecond,
     // and each request is charged from its intended time).
     let timer = interval.and_then(|_| super::timer::PreciseTimer::new().ok());
@@ -494,10 +519,10 @@ async fn connection_loop(
         if let Some(i) = interval {
             intended += i;
         }
-        let mut conn = match sender.take() {
-            Some(s) if !s.is_closed() => s,
-            _ => match open(&shared).await {
-                Some(s) => s,
+        let (mut conn, mut reused) = match kept.take() {
+            Some(conn) => (conn, true),
+            None => match open(&shared).await {
+                Some(conn) => (conn, false),
                 None => {
                     // Do not spin on a refused connect.
                     if interval.is_none() {
@@ -507,13 +532,23 @@ async fn connection_loop(
                 }
             },
         };
-        if let Ok(len) = exchange(&shared, &mut conn).await {
+        let at = Instant::now() + shared.options.timeout;
+        let mut outcome = exchange(&shared, &mut conn, reused, &mut deadline, at).await;
+        if let Exchanged::Stale = outcome {
+            let Some(fresh) = open(&shared).await else {
+                continue;
+            };
+            conn = fresh;
+            reused = false;
+            outcome = exchange(&shared, &mut conn, reused, &mut deadline, at).await;
+        }
+        if let Exchanged::Answered { len, keep_alive } = outcome {
             let us = began.elapsed().as_micros() as u64;
             let _ = hist.record(us.clamp(1, MAX_LATENCY_US));
             bytes += len;
             shared.requests.fetch_add(1, Ordering::Relaxed);
-            if !shared.options.new_connection {
-                sender = Some(conn);
+            if keep_alive && !shared.options.new_connection {
+                kept = Some(conn);
             }
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod chart;
 pub mod compare;
+pub mod http1;
 pub mod load;
 pub mod pinning;
 pub mod procstat;
