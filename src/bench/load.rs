@@ -519,7 +519,7 @@ async fn connection_loop(
         if let Some(i) = interval {
             intended += i;
         }
-        let (mut conn, mut reused) = match kept.take() {
+        let (mut conn, reused) = match kept.take() {
             Some(conn) => (conn, true),
             None => match open(&shared).await {
                 Some(conn) => (conn, false),
@@ -539,8 +539,7 @@ async fn connection_loop(
                 continue;
             };
             conn = fresh;
-            reused = false;
-            outcome = exchange(&shared, &mut conn, reused, &mut deadline, at).await;
+            outcome = exchange(&shared, &mut conn, false, &mut deadline, at).await;
         }
         if let Exchanged::Answered { len, keep_alive } = outcome {
             let us = began.elapsed().as_micros() as u64;
