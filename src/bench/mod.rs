@@ -11,5 +11,6 @@ pub mod procstat;
 pub mod report;
 mod sampling;
 pub mod scenarios;
+pub mod target;
 pub mod testbed;
 pub mod timer;
