@@ -1,7 +1,8 @@
 //! The load generator's HTTP/1.1 exchange, written for its one job as wrk's is: send a
 //! request prebuilt once per run, then read the answer's status and count its body bytes
-//! without keeping them. The head is parsed with httparse (what hyper parses with); a
-//! chunked body goes through the proxy's own sans-io decoder (`http::exchange::chunked`).
+//! without keeping them. The head is parsed with httparse (what hyper parses with), its
+//! framing fields read as the proxy reads a backend's (`http::headers::FramingFields`),
+//! and a chunked body goes through the proxy's sans-io decoder (`http::exchange::chunked`).
 //! hyper's client connection cost about three times wrk's user time per request, which
 //! put `tollgate bench` more than 10 % below wrk on the same target (docs/benchmarking.md,
 //! "tollgate bench vs wrk"). Memory is bounded: a head over [`MAX_HEAD_BYTES`] is refused
@@ -11,6 +12,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::http::exchange::chunked::{ChunkedDecoder, Decoded};
+use crate::http::headers::{field_kind, FramingFields};
 
 /// Largest response head accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -103,57 +105,33 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, ExchangeError> {
     let (Some(status), Some(minor)) = (response.code, response.version) else {
         return Err(ExchangeError::Malformed("head does not parse"));
     };
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut close = false;
-    let mut keep_alive_token = false;
+    // The proxy's own reading of the framing fields (Content-Length lists, the final
+    // coding, the Connection tokens), as for a backend's answer.
+    let mut framing_fields = FramingFields::default();
     for field in response.headers.iter() {
-        let name = field.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(field.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(ExchangeError::Malformed("bad Content-Length"))?;
-            if length.is_some_and(|l| l != value) {
-                return Err(ExchangeError::Malformed("conflicting Content-Length"));
-            }
-            length = Some(value);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // The last coding decides (RFC 9112 §6.3): chunked or read until close.
-            chunked = tokens(field.value)
-                .last()
-                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in tokens(field.value) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
-        }
+        framing_fields.note_kind(field_kind(field.name.as_bytes()), field.value);
     }
-    let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
-        Framing::Length(0)
-    } else if chunked {
-        Framing::Chunked
-    } else if let Some(length) = length {
-        Framing::Length(length)
-    } else {
-        Framing::UntilClose
+    let no_body = (100..200).contains(&status) || status == 204 || status == 304;
+    let framing = match (no_body, framing_fields.coding, framing_fields.length) {
+        (true, _, _) => Framing::Length(0),
+        (false, Some(true), _) => Framing::Chunked,
+        // Another final coding, or no length: the body ends with the connection
+        // (RFC 9112 §6.3).
+        (false, Some(false), _) | (false, None, None) => Framing::UntilClose,
+        (false, None, Some(Ok(length))) => Framing::Length(length),
+        (false, None, Some(Err(()))) => return Err(ExchangeError::Malformed("bad Content-Length")),
     };
+    let tokens = framing_fields.tokens;
     let keep_alive = framing != Framing::UntilClose
         && status != 101
-        && !close
-        && (minor == 1 || keep_alive_token);
+        && !tokens.close
+        && (minor == 1 || tokens.keep_alive);
     Ok(Some(Head {
         status,
         framing,
         keep_alive,
         len,
     }))
-}
-
-/// The comma-separated tokens of a field value, trimmed.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|&b| b == b',').map(|t| t.trim_ascii())
 }
 
 /// Reads more into `buf`; false at EOF.

@@ -136,11 +136,16 @@ fn a_chunked_answer_with_trailers_split_anywhere() {
 
 #[test]
 fn a_body_until_close_counts_everything_and_ends_the_connection() {
-    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n0123456789";
-    for at in 0..=answer.len() {
-        let got = run(&mut Scripted::split(answer, at)).expect("a complete answer");
-        assert_eq!(got.body_len, 10, "split at {at}");
-        assert!(!got.keep_alive);
+    let no_length: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n0123456789";
+    // A final coding other than chunked delimits nothing either (RFC 9112 §6.3).
+    let other_coding: &[u8] =
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ncontent-length: 3\r\n\r\n0123456789";
+    for answer in [no_length, other_coding] {
+        for at in 0..=answer.len() {
+            let got = run(&mut Scripted::split(answer, at)).expect("a complete answer");
+            assert_eq!(got.body_len, 10, "split at {at}");
+            assert!(!got.keep_alive);
+        }
     }
 }
 
