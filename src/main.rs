@@ -228,6 +228,7 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         expect_length: args.expect_length,
         timeout: args.timeout,
     };
+    options.check()?;
     let mode = format!(
         "{} connections, {}, {}",
         options.connections,
@@ -269,6 +270,10 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         let json = result.to_json(&args.url);
         std::fs::write(&path, serde_json::to_string_pretty(&json)? + "\n")
             .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if result.requests == 0 {
+        eprintln!("bench: no request was answered correctly");
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }

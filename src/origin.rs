@@ -1,7 +1,8 @@
 //! The built-in origin server (`tollgate backend`), used by the demo, the tests and the
 //! benchmarks. Plain HTTP/1.1 or HTTPS (a given certificate or a self-signed one).
 //! Every path answers 200 with a short body naming the backend and what it received
-//! (method, path, Host, X-Forwarded-For), padded to `body_bytes` when set; `GET /health`
+//! (method, path, Host, X-Forwarded-For), exactly `body_bytes` long when set (padded, or
+//! cut, so that every path and every proxy in front sees the same size); `GET /health`
 //! answers `ok`; `POST /echo` streams the request body back.
 
 use std::convert::Infallible;
@@ -25,7 +26,7 @@ use crate::http::client::{full_body, ProxyBody};
 pub struct OriginOptions {
     /// Name put in every body and in `X-Backend`.
     pub name: String,
-    /// Pad bodies to this many bytes (0: no padding).
+    /// Make bodies exactly this many bytes, padded or cut (0: the text line as it is).
     pub body_bytes: usize,
     /// Serve TLS with this config.
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -114,21 +115,31 @@ async fn answer(
     let method = req.method().clone();
     // Drain any request body so keep-alive keeps working.
     let _ = req.into_body().collect().await;
-    let mut body = format!(
+    let body = format!(
         "backend {} {} {} host={} xff={}\n",
         options.name, method, path, host, xff
     );
-    if body.len() < options.body_bytes {
-        let pad = options.body_bytes - body.len();
-        body.reserve(pad);
-        body.extend(std::iter::repeat_n('.', pad.saturating_sub(1)));
-        body.push('\n');
-    }
+    let body = sized(body.into_bytes(), options.body_bytes);
     text(StatusCode::OK, &options.name, body)
 }
 
-fn text(status: StatusCode, name: &str, body: String) -> Response<ProxyBody> {
-    let mut response = Response::new(full_body(Bytes::from(body)));
+/// `line` padded with dots and a final newline, or cut, to exactly `size` bytes (0: as
+/// it is).
+fn sized(mut line: Vec<u8>, size: usize) -> Vec<u8> {
+    if size == 0 {
+        return line;
+    }
+    if line.len() < size {
+        line.resize(size - 1, b'.');
+        line.push(b'\n');
+    } else {
+        line.truncate(size);
+    }
+    line
+}
+
+fn text(status: StatusCode, name: &str, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut response = Response::new(full_body(body.into()));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -137,4 +148,26 @@ fn text(status: StatusCode, name: &str, body: String) -> Response<ProxyBody> {
         response.headers_mut().insert("x-backend", v);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sized;
+
+    #[test]
+    fn bodies_are_exactly_the_size_asked_for() {
+        let line = b"backend a GET / host=x xff=-\n".to_vec();
+        assert_eq!(sized(line.clone(), 0), line, "0: the line as it is");
+        for size in [1, 5, line.len() - 1, line.len(), line.len() + 1, 1024] {
+            let body = sized(line.clone(), size);
+            assert_eq!(body.len(), size);
+            let kept = size.min(line.len());
+            if size <= line.len() {
+                assert_eq!(body[..], line[..kept]);
+            } else {
+                assert_eq!(body[..line.len() - 1], line[..line.len() - 1]);
+                assert_eq!(body.last(), Some(&b'\n'));
+            }
+        }
+    }
 }

@@ -146,6 +146,11 @@ async fn wrong_status_and_length_count_as_errors() {
         .pairs()
         .iter()
         .any(|(k, n)| *k == "status" && *n > 0));
+    assert_eq!(
+        failing.errors.first_errors(),
+        [("status", "status 500, expected 2xx")],
+        "the report says why"
+    );
 
     let mut wrong_length = options(format!("http://{addr}/"), None, Duration::from_millis(300));
     wrong_length.expect_length = Some(11);
@@ -156,6 +161,10 @@ async fn wrong_status_and_length_count_as_errors() {
         .pairs()
         .iter()
         .any(|(k, n)| *k == "length" && *n > 0));
+    assert_eq!(
+        result.errors.first_errors(),
+        [("length", "a body of 10 bytes, expected 11")]
+    );
 
     let refused = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -177,6 +186,15 @@ async fn wrong_status_and_length_count_as_errors() {
         .pairs()
         .iter()
         .any(|(k, n)| *k == "connect" && *n > 0));
+    let first = result.errors.first_errors();
+    assert_eq!(first.len(), 1);
+    assert!(
+        first[0].0 == "connect" && first[0].1.starts_with(&refused.to_string()),
+        "{first:?}"
+    );
+    let text = result.render_text();
+    assert!(text.contains("first connect"), "{text}");
+    assert!(result.to_json("x")["first_errors"]["connect"].is_string());
 }
 
 /// How [`raw_server`] answers.
@@ -280,4 +298,68 @@ async fn an_answer_that_never_comes_is_a_timeout() {
     // One per 100 ms of the run's 500, give or take the last one.
     assert!((2..=6).contains(&timeouts), "{timeouts} timeouts");
     assert_eq!(result.errors.total(), timeouts);
+}
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_completes_is_a_timeout() {
+    // The server takes the connection and reads the ClientHello, and never answers.
+    let addr = raw_server(RawMode::Mute).await;
+    let mut opts = options(format!("https://{addr}/"), None, Duration::from_millis(500));
+    opts.insecure = true;
+    opts.timeout = Duration::from_millis(100);
+    let result = run(opts, |_, _| {}).await.unwrap();
+    assert_eq!(result.requests, 0);
+    let timeouts = result
+        .errors
+        .count(tollgate::bench::load::ErrorKind::Timeout);
+    assert!((2..=6).contains(&timeouts), "{timeouts} timeouts");
+    assert_eq!(result.errors.total(), timeouts);
+    assert_eq!(
+        result.errors.first_errors(),
+        [(
+            "timeout",
+            "connect and TLS handshake not done within the timeout (100ms)"
+        )]
+    );
+}
+
+#[tokio::test]
+async fn the_run_ends_with_its_window_and_requests_still_in_flight_are_not_counted() {
+    // Request 5 is held for 30 s, far past the 400 ms window and within the timeout:
+    // the run must still end with its window, count the answers it had, and neither
+    // wait for that one nor call it an error.
+    let addr = server(5, Duration::from_secs(30)).await;
+    let mut opts = options(format!("http://{addr}/"), None, Duration::from_millis(400));
+    opts.connections = 2;
+    opts.timeout = Duration::from_secs(60);
+    let run = tokio::time::timeout(Duration::from_secs(20), run(opts, |_, _| {}));
+    let result = run.await.expect("the run ends with its window").unwrap();
+    assert_eq!(result.elapsed, Duration::from_millis(400));
+    assert_eq!(result.errors.total(), 0, "{:?}", result.errors.pairs());
+    assert!(result.requests >= 5, "{} requests", result.requests);
+    let per_sec = result.requests_per_sec();
+    assert!((per_sec - result.requests as f64 / 0.4).abs() < 1e-6);
+}
+
+#[tokio::test]
+async fn options_that_cannot_run_are_refused() {
+    let addr = server(usize::MAX, Duration::ZERO).await;
+    let url = format!("http://{addr}/");
+    for (rate, duration, timeout) in [
+        (Some(0.0), 100, 1_000),
+        (Some(1e12), 100, 1_000),
+        (Some(f64::NAN), 100, 1_000),
+        (None, 0, 1_000),
+        (None, 100, 0),
+    ] {
+        let mut opts = options(url.clone(), rate, Duration::from_millis(duration));
+        opts.timeout = Duration::from_millis(timeout);
+        let refused = tokio::time::timeout(Duration::from_secs(10), run(opts, |_, _| {}))
+            .await
+            .expect("refused at once");
+        assert!(
+            matches!(refused, Err(tollgate::bench::load::BenchError::Options(_))),
+            "{rate:?} {duration} {timeout}: {refused:?}"
+        );
+    }
 }

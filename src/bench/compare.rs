@@ -89,6 +89,7 @@ pub fn run(
     stop: Arc<AtomicBool>,
     progress: impl Fn(Progress) + Send + Sync + 'static,
 ) -> Result<CompareOutcome, CompareError> {
+    options.check().map_err(CompareError::Options)?;
     let started = SystemTime::now();
     let machine = Machine::read();
     let pinning = Pinning::resolve(
@@ -437,10 +438,8 @@ fn plan(bed: &Testbed, scenario: &Scenario, options: &CompareOptions) -> Plan {
             cacert: https.then(|| bed.ca_file.clone()),
             insecure: false,
             expect_status: Some(200),
-            // The backends pad every body to exactly body_bytes once it exceeds their
-            // short text line (~100 bytes); below that the load generator learns the
-            // length from the first answer.
-            expect_length: (options.body_bytes >= 256).then_some(options.body_bytes as u64),
+            // The backends make every body exactly body_bytes long (padded or cut).
+            expect_length: Some(options.body_bytes as u64),
             timeout: Duration::from_secs(10),
         },
         target,

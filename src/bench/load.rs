@@ -20,7 +20,9 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::either::Either;
 
+pub use super::errors::{ErrorCounts, ErrorKind};
 use super::http1;
+use super::schedule::{self, Schedule};
 use super::target::{target, Target};
 
 /// Highest latency the histogram records (60 s, in microseconds).
@@ -57,6 +59,23 @@ pub struct LoadOptions {
     pub timeout: Duration,
 }
 
+impl LoadOptions {
+    /// Refuses what cannot be run: no measured time, a rate that cannot be scheduled, a
+    /// zero timeout.
+    pub fn check(&self) -> Result<(), BenchError> {
+        if self.duration.is_zero() {
+            return Err(BenchError::Options("--duration must be above 0".into()));
+        }
+        if self.timeout.is_zero() {
+            return Err(BenchError::Options("--timeout must be above 0".into()));
+        }
+        if let Some(rate) = self.rate {
+            schedule::check_rate(rate).map_err(BenchError::Options)?;
+        }
+        Ok(())
+    }
+}
+
 /// Errors that stop a run before it starts.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -76,6 +95,9 @@ pub enum BenchError {
         /// Why.
         why: String,
     },
+    /// An option out of range.
+    #[error("{0}")]
+    Options(String),
     /// Name resolution.
     #[error("cannot resolve {host}: {why}")]
     Resolve {
@@ -84,42 +106,6 @@ pub enum BenchError {
         /// Why.
         why: String,
     },
-}
-
-/// Counts of failed requests by kind.
-#[derive(Debug, Default)]
-pub struct ErrorCounts {
-    /// TCP connect failed.
-    pub connect: AtomicU64,
-    /// TLS handshake failed.
-    pub tls: AtomicU64,
-    /// The exchange broke (reset, EOF, protocol error).
-    pub io: AtomicU64,
-    /// Unexpected status.
-    pub status: AtomicU64,
-    /// Unexpected body length.
-    pub length: AtomicU64,
-    /// No complete answer within the timeout.
-    pub timeout: AtomicU64,
-}
-
-impl ErrorCounts {
-    /// (kind, count) pairs.
-    pub fn pairs(&self) -> [(&'static str, u64); 6] {
-        [
-            ("connect", self.connect.load(Ordering::Relaxed)),
-            ("tls", self.tls.load(Ordering::Relaxed)),
-            ("io", self.io.load(Ordering::Relaxed)),
-            ("status", self.status.load(Ordering::Relaxed)),
-            ("length", self.length.load(Ordering::Relaxed)),
-            ("timeout", self.timeout.load(Ordering::Relaxed)),
-        ]
-    }
-
-    /// All errors.
-    pub fn total(&self) -> u64 {
-        self.pairs().iter().map(|(_, n)| n).sum()
-    }
 }
 
 /// What a run measured.
@@ -131,7 +117,8 @@ pub struct LoadResult {
     pub bytes: u64,
     /// Failed requests by kind.
     pub errors: ErrorCounts,
-    /// Wall time from the first request to the last answer.
+    /// The measured window (`--duration`); answers that complete after it are not
+    /// counted, as with wrk.
     pub elapsed: Duration,
     /// Latency of correct answers, microseconds.
     pub latency_us: Histogram<u64>,
@@ -168,14 +155,19 @@ impl LoadResult {
         if errors.is_empty() {
             errors.push("none".to_string());
         }
+        let mut first_errors = String::new();
+        for (kind, why) in self.errors.first_errors() {
+            first_errors.push_str(&format!("  first {kind:<7} {why}\n"));
+        }
         format!(
-            "  requests     {} in {:.2}s\n  requests/s   {:.1}\n  transfer/s   {:.2} MB (bodies)\n  errors       {} ({})\n  latency{}    p50 {:.3}ms  p90 {:.3}ms  p99 {:.3}ms  p99.9 {:.3}ms  max {:.3}ms\n",
+            "  requests     {} in {:.2}s\n  requests/s   {:.1}\n  transfer/s   {:.2} MB (bodies)\n  errors       {} ({})\n{}  latency{}    p50 {:.3}ms  p90 {:.3}ms  p99 {:.3}ms  p99.9 {:.3}ms  max {:.3}ms\n",
             self.requests,
             secs,
             self.requests_per_sec(),
             self.bytes as f64 / secs / 1e6,
             self.errors.total(),
             errors.join(", "),
+            first_errors,
             if self.open_loop { "*" } else { " " },
             self.latency_ms(0.50),
             self.latency_ms(0.90),
@@ -201,6 +193,12 @@ impl LoadResult {
             "bytes_per_sec": self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-9),
             "errors": self.errors.total(),
             "errors_by_kind": by_kind,
+            "first_errors": self
+                .errors
+                .first_errors()
+                .into_iter()
+                .map(|(k, why)| (k.to_string(), serde_json::json!(why)))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
             "open_loop": self.open_loop,
             "latency_ms": {
                 "p50": self.latency_ms(0.50),
@@ -230,29 +228,71 @@ struct Conn {
     buf: BytesMut,
 }
 
-async fn open(shared: &Shared) -> Option<Conn> {
-    let stream = match TcpStream::connect(shared.target.addr).await {
-        Ok(s) => s,
-        Err(_) => {
-            shared.errors.connect.fetch_add(1, Ordering::Relaxed);
-            return None;
+/// When a request must be done: its timeout, or the end of the run if that comes first
+/// (a request the end cuts off is neither an answer nor an error, as with wrk).
+#[derive(Debug, Clone, Copy)]
+struct Due {
+    at: Instant,
+    end_of_run: bool,
+}
+
+impl Due {
+    fn new(shared: &Shared, end: Instant) -> Due {
+        let timeout = Instant::now() + shared.options.timeout;
+        Due {
+            at: timeout.min(end),
+            end_of_run: end <= timeout,
         }
-    };
-    let _ = stream.set_nodelay(true);
-    let stream = match &shared.target.tls {
-        Some((connector, name)) => match connector.connect(name.clone(), stream).await {
-            Ok(tls) => Either::Right(tls),
-            Err(_) => {
-                shared.errors.tls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a timeout unless the end of the run cut the request off.
+    fn expired(&self, shared: &Shared, what: &str) {
+        if !self.end_of_run {
+            let timeout = shared.options.timeout;
+            shared.errors.add(ErrorKind::Timeout, || {
+                format!("{what} not done within the timeout ({timeout:?})")
+            });
+        }
+    }
+}
+
+/// Opens a connection (TCP, then TLS if the target is https) by `due`; failures are
+/// counted.
+async fn open(shared: &Shared, deadline: &mut Deadline, due: Due) -> Option<Conn> {
+    let opening = async {
+        let stream = match TcpStream::connect(shared.target.addr).await {
+            Ok(s) => s,
+            Err(err) => {
+                shared.errors.add(ErrorKind::Connect, || {
+                    format!("{}: {err}", shared.target.addr)
+                });
                 return None;
             }
-        },
-        None => Either::Left(stream),
+        };
+        let _ = stream.set_nodelay(true);
+        let stream = match &shared.target.tls {
+            Some((connector, name)) => match connector.connect(name.clone(), stream).await {
+                Ok(tls) => Either::Right(tls),
+                Err(err) => {
+                    shared.errors.add(ErrorKind::Tls, || err.to_string());
+                    return None;
+                }
+            },
+            None => Either::Left(stream),
+        };
+        Some(Conn {
+            stream,
+            buf: BytesMut::new(),
+        })
     };
-    Some(Conn {
-        stream,
-        buf: BytesMut::new(),
-    })
+    tokio::select! {
+        biased;
+        opened = opening => opened,
+        () = deadline.reached(due.at) => {
+            due.expired(shared, "connect and TLS handshake");
+            None
+        }
+    }
 }
 
 /// A connection's request deadlines on one timer: armed at the first deadline and
@@ -290,32 +330,32 @@ enum Exchanged {
     /// closed it while idle, mostly): the request goes again on a new connection, once,
     /// without counting an error.
     Stale,
-    /// Counted as an error.
+    /// Counted as an error, or cut off by the end of the run.
     Failed,
 }
 
-/// Sends the request on `conn` and checks the answer (status and body length) by `at`.
+/// Sends the request on `conn` and checks the answer (status and body length) by `due`.
 async fn exchange(
     shared: &Shared,
     conn: &mut Conn,
     reused: bool,
     deadline: &mut Deadline,
-    at: Instant,
+    due: Due,
 ) -> Exchanged {
     let request = &shared.target.request;
     let answer = tokio::select! {
         biased;
         answer = http1::exchange(&mut conn.stream, &mut conn.buf, request) => answer,
-        () = deadline.reached(at) => {
-            shared.errors.timeout.fetch_add(1, Ordering::Relaxed);
+        () = deadline.reached(due.at) => {
+            due.expired(shared, "the answer");
             return Exchanged::Failed;
         }
     };
     let answer = match answer {
         Ok(answer) => answer,
         Err(err) if reused && !err.answered() => return Exchanged::Stale,
-        Err(_) => {
-            shared.errors.io.fetch_add(1, Ordering::Relaxed);
+        Err(err) => {
+            shared.errors.add(ErrorKind::Io, || err.to_string());
             return Exchanged::Failed;
         }
     };
@@ -324,7 +364,13 @@ async fn exchange(
         None => (200..300).contains(&answer.status),
     };
     if !status_ok {
-        shared.errors.status.fetch_add(1, Ordering::Relaxed);
+        shared.errors.add(ErrorKind::Status, || {
+            let wanted = match shared.options.expect_status {
+                Some(s) => s.to_string(),
+                None => "2xx".to_string(),
+            };
+            format!("status {}, expected {wanted}", answer.status)
+        });
         return Exchanged::Failed;
     }
     let len = answer.body_len;
@@ -342,7 +388,9 @@ async fn exchange(
         n => n - 1,
     };
     if len != expected {
-        shared.errors.length.fetch_add(1, Ordering::Relaxed);
+        shared.errors.add(ErrorKind::Length, || {
+            format!("a body of {len} bytes, expected {expected}")
+        });
         return Exchanged::Failed;
     }
     Exchanged::Answered {
@@ -360,72 +408,63 @@ async fn connection_loop(
 ) -> (Histogram<u64>, u64) {
     let mut hist = new_histogram();
     let mut bytes = 0u64;
-    let interval = shared
-        .options
-        .rate
-        .map(|r| Duration::from_secs_f64(shared.options.connections as f64 / r.max(1e-9)));
-    // Open loop: spread the connections' schedules over one interval.
-    let mut intended = match interval {
-        Some(i) => start + i.mul_f64(index as f64 / shared.options.connections as f64),
-        None => start,
-    };
+    let options = &shared.options;
+    let mut schedule = Schedule::new(start, end, options.rate, options.connections, index);
     let mut kept: Option<Conn> = None;
     let mut deadline = Deadline::default();
     // Open loop: sends are timed with a timerfd (tokio's timer ticks once a millisecond,
-    // and each request is charged from its intended time).
-    let timer = interval.and_then(|_| super::timer::PreciseTimer::new().ok());
-    loop {
-        if interval.is_some() {
-            if intended >= end {
-                break;
+    // and each request is charged from the time it was due).
+    let timer = schedule
+        .open_loop()
+        .then(super::timer::PreciseTimer::new)
+        .and_then(Result::ok);
+    while let Some(slot) = schedule.next(Instant::now()) {
+        if Instant::now() < slot.send_at {
+            let precise = match &timer {
+                Some(timer) => timer.sleep_until(slot.send_at).await.is_ok(),
+                None => false,
+            };
+            if !precise {
+                tokio::time::sleep_until(slot.send_at).await;
             }
-            if Instant::now() < intended {
-                let precise = match &timer {
-                    Some(timer) => timer.sleep_until(intended).await.is_ok(),
-                    None => false,
-                };
-                if !precise {
-                    tokio::time::sleep_until(intended).await;
-                }
-            }
-        } else if Instant::now() >= end {
-            break;
         }
-        let began = match interval {
-            Some(_) => intended,
-            None => Instant::now(),
-        };
-        if let Some(i) = interval {
-            intended += i;
-        }
+        let before_open = Instant::now();
+        let due = Due::new(&shared, end);
         let (mut conn, reused) = match kept.take() {
             Some(conn) => (conn, true),
-            None => match open(&shared).await {
+            None => match open(&shared, &mut deadline, due).await {
                 Some(conn) => (conn, false),
                 None => {
                     // Do not spin on a refused connect.
-                    if interval.is_none() {
+                    if !schedule.open_loop() && Instant::now() < end {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                     continue;
                 }
             },
         };
-        let at = Instant::now() + shared.options.timeout;
-        let mut outcome = exchange(&shared, &mut conn, reused, &mut deadline, at).await;
+        // Keep-alive in closed loop counts from the write, as wrk does: opening the
+        // connection is not the request's time. A new connection per request counts the
+        // connect and the handshake; open loop counts from the time the request was due.
+        let sent = if options.new_connection {
+            before_open
+        } else {
+            Instant::now()
+        };
+        let mut outcome = exchange(&shared, &mut conn, reused, &mut deadline, due).await;
         if let Exchanged::Stale = outcome {
-            let Some(fresh) = open(&shared).await else {
+            let Some(fresh) = open(&shared, &mut deadline, due).await else {
                 continue;
             };
             conn = fresh;
-            outcome = exchange(&shared, &mut conn, false, &mut deadline, at).await;
+            outcome = exchange(&shared, &mut conn, false, &mut deadline, due).await;
         }
         if let Exchanged::Answered { len, keep_alive } = outcome {
-            let us = began.elapsed().as_micros() as u64;
+            let us = slot.latency_origin(sent).elapsed().as_micros() as u64;
             let _ = hist.record(us.clamp(1, MAX_LATENCY_US));
             bytes += len;
             shared.requests.fetch_add(1, Ordering::Relaxed);
-            if keep_alive && !shared.options.new_connection {
+            if keep_alive && !options.new_connection {
                 kept = Some(conn);
             }
         }
@@ -443,6 +482,7 @@ pub async fn run(
     options: LoadOptions,
     progress: impl Fn(Duration, u64) + Send + 'static,
 ) -> Result<LoadResult, BenchError> {
+    options.check()?;
     let target = target(&options).await?;
     let shared = Arc::new(Shared {
         target,
@@ -482,19 +522,13 @@ pub async fn run(
         }
     }
     ticker.abort();
-    let elapsed = start.elapsed();
+    let _ = ticker.await;
     let open_loop = shared.options.rate.is_some();
     let requests = shared.requests.load(Ordering::Relaxed);
+    let elapsed = shared.options.duration;
     let errors = match Arc::try_unwrap(shared) {
         Ok(s) => s.errors,
-        Err(still_shared) => ErrorCounts {
-            connect: AtomicU64::new(still_shared.errors.connect.load(Ordering::Relaxed)),
-            tls: AtomicU64::new(still_shared.errors.tls.load(Ordering::Relaxed)),
-            io: AtomicU64::new(still_shared.errors.io.load(Ordering::Relaxed)),
-            status: AtomicU64::new(still_shared.errors.status.load(Ordering::Relaxed)),
-            length: AtomicU64::new(still_shared.errors.length.load(Ordering::Relaxed)),
-            timeout: AtomicU64::new(still_shared.errors.timeout.load(Ordering::Relaxed)),
-        },
+        Err(still_shared) => still_shared.errors.copied(),
     };
     Ok(LoadResult {
         requests,

@@ -4,6 +4,7 @@
 
 pub mod chart;
 pub mod compare;
+pub mod errors;
 pub mod http1;
 pub mod load;
 pub mod pinning;
@@ -11,6 +12,7 @@ pub mod procstat;
 pub mod report;
 mod sampling;
 pub mod scenarios;
+pub mod schedule;
 pub mod target;
 pub mod testbed;
 pub mod timer;

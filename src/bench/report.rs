@@ -6,12 +6,15 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::bench::load::LoadResult;
-use crate::bench::procstat::Machine;
+use crate::bench::procstat::{clock_ticks_per_sec as tick_rate, Machine};
 
 /// Below this much measured time a scenario is not trusted.
 pub const MIN_MEASURED: Duration = Duration::from_secs(2);
 /// Below this many correct answers a scenario is not trusted.
 pub const MIN_REQUESTS: u64 = 100;
+/// Below this many clock ticks (`/proc` counts CPU time in ticks, 10 ms at 100 Hz), a
+/// CPU-per-request figure is coarser than ±2 % and is flagged.
+pub const MIN_CPU_TICKS: u64 = 50;
 /// At or above this share of its cores, the load generator may be the bottleneck.
 pub const LOAD_SATURATED: f64 = 0.90;
 
@@ -83,6 +86,10 @@ pub struct TrustInputs {
     pub load_cpus_busy: Option<f64>,
     /// Share of the balancer's CPUs used by processes other than the balancer.
     pub balancer_cpus_others: Option<f64>,
+    /// Clock ticks of CPU time the balancer's figure rests on.
+    pub balancer_cpu_ticks: Option<u64>,
+    /// Clock ticks of CPU time the backends' figure rests on.
+    pub backends_cpu_ticks: Option<u64>,
 }
 
 /// The reasons a scenario's figures cannot be taken at face value (empty: trusted).
@@ -119,7 +126,22 @@ pub fn trust_notes(t: &TrustInputs) -> Vec<String> {
             others * 100.0
         ));
     }
+    for (whose, ticks) in [
+        ("the balancer's", t.balancer_cpu_ticks),
+        ("the backends'", t.backends_cpu_ticks),
+    ] {
+        if let Some(ticks) = ticks.filter(|t| *t < MIN_CPU_TICKS) {
+            notes.push(format!(
+                "{whose} CPU from only {ticks} clock ticks: coarse, run longer"
+            ));
+        }
+    }
     notes
+}
+
+/// CPU-seconds as whole clock ticks at `ticks_per_sec`.
+pub fn cpu_ticks(cpu_s: f64, ticks_per_sec: u64) -> u64 {
+    (cpu_s * ticks_per_sec as f64).round() as u64
 }
 
 impl ScenarioReport {
@@ -152,6 +174,8 @@ impl ScenarioReport {
             load_share: self.load_cpu_share(),
             load_cpus_busy: self.load_cpus_busy,
             balancer_cpus_others: self.balancer_cpus_others,
+            balancer_cpu_ticks: self.balancer_cpu_s.map(|s| cpu_ticks(s, tick_rate())),
+            backends_cpu_ticks: self.backends_cpu_s.map(|s| cpu_ticks(s, tick_rate())),
         })
     }
 
@@ -444,6 +468,92 @@ mod tests {
             ..inputs(1000, 5.0)
         };
         assert!(trust_notes(&quiet).is_empty());
+    }
+
+    #[test]
+    fn coarse_cpu_figures_are_flagged() {
+        assert_eq!(cpu_ticks(0.494, 100), 49);
+        assert_eq!(cpu_ticks(0.5, 100), 50);
+        let coarse = TrustInputs {
+            balancer_cpu_ticks: Some(49),
+            backends_cpu_ticks: Some(12),
+            ..inputs(1000, 5.0)
+        };
+        let notes = trust_notes(&coarse);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].starts_with("the balancer's CPU from only 49 clock ticks"));
+        assert!(notes[1].starts_with("the backends' CPU from only 12 clock ticks"));
+        let enough = TrustInputs {
+            balancer_cpu_ticks: Some(MIN_CPU_TICKS),
+            backends_cpu_ticks: None,
+            ..inputs(1000, 5.0)
+        };
+        assert!(trust_notes(&enough).is_empty());
+    }
+
+    /// A scenario whose latencies are 1, 2, ..., 10,000 µs, one each, over 5 s, with 2.5
+    /// CPU-seconds on the balancer and 0.5 on the backends.
+    fn known_scenario() -> ScenarioReport {
+        let mut latency_us = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).unwrap();
+        for us in 1..=10_000 {
+            latency_us.record(us).unwrap();
+        }
+        ScenarioReport {
+            name: "terminate-pooled-keepalive".into(),
+            base: "terminate-pooled".into(),
+            connection: "keepalive".into(),
+            url: "https://pooled.compare.test/".into(),
+            target: "127.0.0.1:1".into(),
+            result: LoadResult {
+                requests: 10_000,
+                bytes: 10_000 * 1024,
+                errors: Default::default(),
+                elapsed: Duration::from_secs(5),
+                latency_us,
+                open_loop: false,
+            },
+            balancer_cpu_s: Some(2.5),
+            balancer_peak_rss_kb: Some(12_288),
+            balancer_hwm_kb: Some(12_800),
+            backends_cpu_s: Some(0.5),
+            backends: vec!["plain-a".into(), "plain-b".into()],
+            load_cpu_s: Some(4.0),
+            load_cores: 1.0,
+            load_cpus_busy: None,
+            balancer_cpus_others: None,
+        }
+    }
+
+    #[test]
+    fn percentiles_and_per_thousand_figures_of_a_known_scenario() {
+        let scenario = known_scenario();
+        // HdrHistogram at 3 significant digits: within 0.1 % of the exact percentile.
+        let close = |got: f64, want: f64| (got - want).abs() <= want * 0.001;
+        let curve = scenario.latency_curve();
+        let want = [5.0, 9.0, 9.9, 9.99, 9.999];
+        assert_eq!(curve.len(), want.len());
+        for ((p, ms), w) in curve.iter().zip(want) {
+            assert!(close(*ms, w), "p{p}: {ms} ms, want {w}");
+        }
+        let json = scenario.to_json();
+        let latency = &json["latency_ms"];
+        for (key, w) in [
+            ("p50", 5.0),
+            ("p90", 9.0),
+            ("p99", 9.9),
+            ("p999", 9.99),
+            ("max", 10.0),
+        ] {
+            let got = latency[key].as_f64().unwrap();
+            assert!(close(got, w), "{key}: {got} ms, want {w}");
+        }
+        assert_eq!(json["requests_per_sec"].as_f64(), Some(2000.0));
+        // 2.5 CPU-s over 10,000 requests: 0.25 per 1,000; backends 0.05; half a core.
+        assert_eq!(scenario.balancer_cpu_per_1k(), Some(0.25));
+        assert_eq!(scenario.backends_cpu_per_1k(), Some(0.05));
+        assert_eq!(scenario.balancer_cpu_share(), Some(0.5));
+        assert_eq!(scenario.load_cpu_share(), Some(0.8));
+        assert!(scenario.trust_notes().is_empty());
     }
 
     #[test]

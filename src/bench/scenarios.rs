@@ -167,6 +167,23 @@ pub struct CompareOptions {
     pub command_line: String,
 }
 
+impl CompareOptions {
+    /// Refuses what cannot be measured: no measured time, an empty body (the load
+    /// generator checks every answer's exact length), a rate that cannot be scheduled.
+    pub fn check(&self) -> Result<(), String> {
+        if self.duration.is_zero() {
+            return Err("--duration must be above 0".into());
+        }
+        if self.body_bytes == 0 {
+            return Err("--body-bytes must be at least 1".into());
+        }
+        if let Some(rate) = self.rate {
+            super::schedule::check_rate(rate)?;
+        }
+        Ok(())
+    }
+}
+
 pub(super) fn describe_options(o: &CompareOptions) -> Vec<(String, String)> {
     let list = |l: &Option<CpuList>| l.as_ref().map_or("default".to_string(), |l| l.to_string());
     vec![
