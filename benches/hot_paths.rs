@@ -1,7 +1,7 @@
 //! Criterion micro-benchmarks of the per-connection and per-request hot functions: the
 //! ClientHello parse (a browser's 2 KB post-quantum hello and curl's), the SNI lookup
-//! (exact, wildcard, miss) in a 1,000-name table, the L7 route lookup by Host and path,
-//! and each balancer's candidate ordering over 8 backends.
+//! (exact, wildcard, miss) and the L7 route lookup by Host and path, each in tables of
+//! 10, 1,000 and 100,000 names, and each balancer's candidate ordering over 8 backends.
 //!
 //! Run: `cargo bench --bench hot_paths` (numbers in docs/benchmarking.md).
 
@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use tollgate::config::from_yaml;
 use tollgate::http::L7State;
 use tollgate::metrics::Metrics;
@@ -41,84 +41,96 @@ fn client_hello(c: &mut Criterion) {
     group.finish();
 }
 
+/// Table sizes of the SNI and Host lookups (issue 6: 10 / 1,000 / 100,000 names).
+const NAMES: [usize; 3] = [10, 1_000, 100_000];
+
 fn sni_lookup(c: &mut Criterion) {
-    let mut table = HostTable::new();
-    for i in 0..1000 {
-        table.insert(
-            HostPattern::parse(&format!("host{i}.example.com")).unwrap(),
-            i,
-        );
-        if i % 10 == 0 {
+    let mut group = c.benchmark_group("sni_lookup");
+    for names in NAMES {
+        // `names` exact names, and one wildcard zone per ten of them.
+        let mut table = HostTable::new();
+        for i in 0..names {
             table.insert(
-                HostPattern::parse(&format!("*.zone{i}.example.net")).unwrap(),
+                HostPattern::parse(&format!("host{i}.example.com")).unwrap(),
                 i,
             );
+            if i % 10 == 0 {
+                table.insert(
+                    HostPattern::parse(&format!("*.zone{i}.example.net")).unwrap(),
+                    i,
+                );
+            }
         }
+        table.set_default(usize::MAX);
+        let exact = format!("host{}.example.com", names / 2);
+        let mixed_case = format!("Host{}.Example.COM.", names / 2);
+        let wildcard = format!("a.zone{}.example.net", names / 20 * 10);
+        group.bench_with_input(BenchmarkId::new("exact", names), &exact, |b, name| {
+            b.iter(|| table.lookup(black_box(Some(name.as_str()))))
+        });
+        group.bench_with_input(
+            BenchmarkId::new("exact_mixed_case_trailing_dot", names),
+            &mixed_case,
+            |b, name| b.iter(|| table.lookup(black_box(Some(name.as_str())))),
+        );
+        group.bench_with_input(BenchmarkId::new("wildcard", names), &wildcard, |b, name| {
+            b.iter(|| table.lookup(black_box(Some(name.as_str()))))
+        });
+        group.bench_function(BenchmarkId::new("miss_to_default", names), |b| {
+            b.iter(|| table.lookup(black_box(Some("nothing.example.org"))))
+        });
     }
-    table.set_default(usize::MAX);
-    let mut group = c.benchmark_group("sni_lookup_1000_names");
-    group.bench_function("exact", |b| {
-        b.iter(|| table.lookup(black_box(Some("host512.example.com"))))
-    });
-    group.bench_function("exact_mixed_case_trailing_dot", |b| {
-        b.iter(|| table.lookup(black_box(Some("Host512.Example.COM."))))
-    });
-    group.bench_function("wildcard", |b| {
-        b.iter(|| table.lookup(black_box(Some("a.zone500.example.net"))))
-    });
-    group.bench_function("miss_to_default", |b| {
-        b.iter(|| table.lookup(black_box(Some("nothing.example.org"))))
-    });
     group.finish();
 }
 
+/// A route table `web` of `names` host rules (one wildcard zone per ten) with an
+/// `/api` rule for the first host, then a catch-all.
+fn route_config(names: usize) -> String {
+    let mut rules = String::from("    - { host: host0.example.com, path_prefix: /api, pool: p }\n");
+    for i in 0..names {
+        rules.push_str(&format!("    - {{ host: host{i}.example.com, pool: p }}\n"));
+        if i % 10 == 0 {
+            rules.push_str(&format!(
+                "    - {{ host: \"*.zone{i}.example.net\", pool: p }}\n"
+            ));
+        }
+    }
+    rules.push_str("    - { path_prefix: /, pool: p }\n");
+    format!(
+        "listeners: [ {{ name: web, listen: \"127.0.0.1:0\", protocol: http, routes: web }} ]\nroutes:\n  web:\n{rules}pools:\n  p: {{ servers: [ {{ addr: \"127.0.0.1:9\" }} ] }}\n"
+    )
+}
+
 fn route_lookup(c: &mut Criterion) {
-    let yaml = r#"
-listeners: [ { name: web, listen: "127.0.0.1:0", protocol: http, routes: web } ]
-routes:
-  web:
-    - { host: api.example.com, path_prefix: /v1, pool: p }
-    - { host: "*.static.example.com", pool: p }
-    - { host: admin.example.com, pool: p }
-    - { path_prefix: /images, pool: p }
-    - { path_prefix: /, pool: p }
-pools:
-  p: { servers: [ { addr: "127.0.0.1:9" } ] }
-"#;
-    let config = from_yaml(yaml).unwrap();
-    let metrics = Metrics::new();
-    let pools: HashMap<String, Arc<Pool>> = config
-        .pools
-        .values()
-        .map(|s| (s.name.clone(), Arc::new(Pool::new(s, None))))
-        .collect();
-    let l7 = L7State::new(&config, &pools, &metrics);
-    let table = l7.table("web").unwrap();
     let mut group = c.benchmark_group("route_lookup");
-    group.bench_function("first_rule", |b| {
-        b.iter(|| {
-            table
-                .find(black_box(Some("api.example.com")), black_box("/v1/users"))
-                .is_some()
-        })
-    });
-    group.bench_function("wildcard_host", |b| {
-        b.iter(|| {
-            table
-                .find(
-                    black_box(Some("cdn.static.example.com")),
-                    black_box("/a.css"),
-                )
-                .is_some()
-        })
-    });
-    group.bench_function("last_rule", |b| {
-        b.iter(|| {
-            table
-                .find(black_box(Some("www.example.com")), black_box("/index.html"))
-                .is_some()
-        })
-    });
+    for names in NAMES {
+        let config = from_yaml(&route_config(names)).unwrap();
+        let metrics = Metrics::new();
+        let pools: HashMap<String, Arc<Pool>> = config
+            .pools
+            .values()
+            .map(|s| (s.name.clone(), Arc::new(Pool::new(s, None))))
+            .collect();
+        let l7 = L7State::new(&config, &pools, &metrics);
+        let table = l7.table("web").unwrap();
+        let host = format!("host{}.example.com", names / 2);
+        let wildcard = format!("cdn.zone{}.example.net", names / 20 * 10);
+        let cases = [
+            (
+                "first_rule_host_and_path",
+                "host0.example.com",
+                "/api/users",
+            ),
+            ("host", host.as_str(), "/index.html"),
+            ("wildcard_host", wildcard.as_str(), "/a.css"),
+            ("miss_to_catch_all", "www.example.org", "/index.html"),
+        ];
+        for (case, host, path) in cases {
+            group.bench_function(BenchmarkId::new(case, names), |b| {
+                b.iter(|| table.find(black_box(Some(host)), black_box(path)).is_some())
+            });
+        }
+    }
     group.finish();
 }
 
