@@ -67,16 +67,22 @@ pub struct HostTable<T> {
     exact: HashMap<String, T>,
     /// `".suffix"` → value.
     wildcards: HashMap<String, T>,
+    /// The longest key of `wildcards`.
+    longest_wildcard: usize,
     default: Option<T>,
 }
 
-/// The wildcard suffixes `host` (normalized) could match, longest first: `.b.c` and `.c`
-/// for `a.b.c`. A suffix is never the whole name (`*.c` does not match `.c`).
-pub fn wildcard_suffixes(host: &str) -> impl Iterator<Item = &str> {
-    host.char_indices()
-        .skip(1)
-        .filter(|(_, c)| *c == '.')
-        .map(move |(i, _)| &host[i..])
+/// The wildcard suffixes of at most `longest` bytes that `host` (normalized) could match,
+/// longest first: `.b.c` and `.c` for `a.b.c`. A suffix is never the whole name (`*.c`
+/// does not match `.c`). Bounding the length by the table's longest wildcard keeps a
+/// client's Host of thousands of dots from costing one hash of the rest of the name per
+/// dot.
+pub fn wildcard_suffixes(host: &str, longest: usize) -> impl Iterator<Item = &str> {
+    let start = host.len().saturating_sub(longest).max(1);
+    let bytes = host.as_bytes();
+    (start..host.len())
+        .filter(move |i| bytes[*i] == b'.')
+        .map(move |i| &host[i..])
 }
 
 impl<T> Default for HostTable<T> {
@@ -84,6 +90,7 @@ impl<T> Default for HostTable<T> {
         HostTable {
             exact: HashMap::new(),
             wildcards: HashMap::new(),
+            longest_wildcard: 0,
             default: None,
         }
     }
@@ -102,6 +109,7 @@ impl<T> HostTable<T> {
                 self.exact.insert(name, value);
             }
             HostPattern::Wildcard(suffix) => {
+                self.longest_wildcard = self.longest_wildcard.max(suffix.len());
                 self.wildcards.insert(suffix, value);
             }
         }
@@ -135,7 +143,8 @@ impl<T> HostTable<T> {
         if self.wildcards.is_empty() {
             return None;
         }
-        let found = wildcard_suffixes(host).find_map(|suffix| self.wildcards.get(suffix));
+        let found = wildcard_suffixes(host, self.longest_wildcard)
+            .find_map(|suffix| self.wildcards.get(suffix));
         found
     }
 
@@ -200,12 +209,26 @@ mod tests {
 
     #[test]
     fn wildcard_suffixes_longest_first_never_the_whole_name() {
-        let all = |h| wildcard_suffixes(h).collect::<Vec<_>>();
+        let all = |h| wildcard_suffixes(h, usize::MAX).collect::<Vec<_>>();
         assert_eq!(all("a.b.c"), [".b.c", ".c"]);
         assert_eq!(all("a..b"), ["..b", ".b"]);
         assert_eq!(all(".c"), Vec::<&str>::new());
         assert_eq!(all("c"), Vec::<&str>::new());
         assert_eq!(all("a.c."), [".c.", "."]);
+        let bounded: Vec<_> = wildcard_suffixes("a.b.example.com", 12).collect();
+        assert_eq!(bounded, [".example.com", ".com"]);
+        assert_eq!(wildcard_suffixes("a.b", 0).count(), 0);
+    }
+
+    #[test]
+    fn a_name_of_many_dots_costs_only_the_longest_wildcard() {
+        let mut t = HostTable::new();
+        t.insert(HostPattern::parse("*.example.com").unwrap(), 1);
+        let dots = ".".repeat(16_000);
+        // Only the last 12 bytes are probed: one suffix, not 16,000.
+        assert_eq!(wildcard_suffixes(&dots, t.longest_wildcard).count(), 12);
+        assert_eq!(t.lookup_named(&dots), None);
+        assert_eq!(t.lookup_named(&format!("{dots}x.example.com")), Some(&1));
     }
 
     /// The definition the hashed lookup must agree with: the exact name, else the longest

@@ -332,8 +332,15 @@ async fn the_run_ends_with_its_window_and_requests_still_in_flight_are_not_count
     let mut opts = options(format!("http://{addr}/"), None, Duration::from_millis(400));
     opts.connections = 2;
     opts.timeout = Duration::from_secs(60);
+    let started = std::time::Instant::now();
     let run = tokio::time::timeout(Duration::from_secs(20), run(opts, |_, _| {}));
     let result = run.await.expect("the run ends with its window").unwrap();
+    // It did not wait for the held request (30 s) or its timeout (60 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(result.elapsed, Duration::from_millis(400));
     assert_eq!(result.errors.total(), 0, "{:?}", result.errors.pairs());
     assert!(result.requests >= 5, "{} requests", result.requests);
@@ -351,6 +358,8 @@ async fn options_that_cannot_run_are_refused() {
         (Some(f64::NAN), 100, 1_000),
         (None, 0, 1_000),
         (None, 100, 0),
+        (None, u64::MAX, 1_000),
+        (None, 100, u64::MAX),
     ] {
         let mut opts = options(url.clone(), rate, Duration::from_millis(duration));
         opts.timeout = Duration::from_millis(timeout);

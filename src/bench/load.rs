@@ -25,6 +25,9 @@ use super::http1;
 use super::schedule::{self, Schedule};
 use super::target::{target, Target};
 
+/// Longest `--duration` or `--timeout` accepted.
+const MAX_SPAN: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Highest latency the histogram records (60 s, in microseconds).
 const MAX_LATENCY_US: u64 = 60_000_000;
 
@@ -68,6 +71,11 @@ impl LoadOptions {
         }
         if self.timeout.is_zero() {
             return Err(BenchError::Options("--timeout must be above 0".into()));
+        }
+        if self.duration > MAX_SPAN || self.timeout > MAX_SPAN {
+            return Err(BenchError::Options(
+                "--duration and --timeout must be at most 365 days".into(),
+            ));
         }
         if let Some(rate) = self.rate {
             schedule::check_rate(rate).map_err(BenchError::Options)?;
@@ -446,7 +454,7 @@ async fn connection_loop(
         // Keep-alive in closed loop counts from the write, as wrk does: opening the
         // connection is not the request's time. A new connection per request counts the
         // connect and the handshake; open loop counts from the time the request was due.
-        let sent = if options.new_connection {
+        let mut sent = if options.new_connection {
             before_open
         } else {
             Instant::now()
@@ -457,6 +465,9 @@ async fn connection_loop(
                 continue;
             };
             conn = fresh;
+            if !options.new_connection {
+                sent = Instant::now();
+            }
             outcome = exchange(&shared, &mut conn, false, &mut deadline, due).await;
         }
         if let Exchanged::Answered { len, keep_alive } = outcome {

@@ -492,7 +492,7 @@ mod tests {
     }
 
     /// A scenario whose latencies are 1, 2, ..., 10,000 µs, one each, over 5 s, with 2.5
-    /// CPU-seconds on the balancer and 0.5 on the backends.
+    /// CPU-seconds on the balancer and 1.0 on the backends.
     fn known_scenario() -> ScenarioReport {
         let mut latency_us = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).unwrap();
         for us in 1..=10_000 {
@@ -515,7 +515,7 @@ mod tests {
             balancer_cpu_s: Some(2.5),
             balancer_peak_rss_kb: Some(12_288),
             balancer_hwm_kb: Some(12_800),
-            backends_cpu_s: Some(0.5),
+            backends_cpu_s: Some(1.0),
             backends: vec!["plain-a".into(), "plain-b".into()],
             load_cpu_s: Some(4.0),
             load_cores: 1.0,
@@ -548,9 +548,9 @@ mod tests {
             assert!(close(got, w), "{key}: {got} ms, want {w}");
         }
         assert_eq!(json["requests_per_sec"].as_f64(), Some(2000.0));
-        // 2.5 CPU-s over 10,000 requests: 0.25 per 1,000; backends 0.05; half a core.
+        // 2.5 CPU-s over 10,000 requests: 0.25 per 1,000; backends 0.1; half a core.
         assert_eq!(scenario.balancer_cpu_per_1k(), Some(0.25));
-        assert_eq!(scenario.backends_cpu_per_1k(), Some(0.05));
+        assert_eq!(scenario.backends_cpu_per_1k(), Some(0.1));
         assert_eq!(scenario.balancer_cpu_share(), Some(0.5));
         assert_eq!(scenario.load_cpu_share(), Some(0.8));
         assert!(scenario.trust_notes().is_empty());

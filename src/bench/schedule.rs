@@ -79,12 +79,15 @@ impl Schedule {
         self.interval.is_some()
     }
 
-    /// The next request at `now`, or `None` once the run is over: in closed loop when
-    /// `now` has reached the end, in open loop when the next request would be due at or
-    /// after it.
+    /// The next request at `now`, or `None` once the run is over: when `now` has reached
+    /// the end, and in open loop also when the next request would be due at or after it
+    /// (a connection that fell behind does not send its backlog after the window).
     pub fn next(&mut self, now: Instant) -> Option<Slot> {
+        if now >= self.end {
+            return None;
+        }
         match self.interval {
-            None => (now < self.end).then_some(Slot {
+            None => Some(Slot {
                 send_at: now,
                 due: None,
             }),
@@ -188,6 +191,10 @@ mod tests {
             count += 1;
         }
         assert_eq!(count, 10);
+        // Behind schedule at the end: nothing more is sent.
+        let mut late = Schedule::new(start, end, Some(400.0), 4, 0);
+        assert!(late.next(start).is_some());
+        assert!(late.next(end).is_none());
     }
 
     #[test]

@@ -120,6 +120,8 @@ struct RuleIndex {
     exact: HashMap<String, Vec<usize>>,
     /// By `".suffix"`.
     wildcard: HashMap<String, Vec<usize>>,
+    /// The longest key of `wildcard`.
+    longest_wildcard: usize,
     any_host: Vec<usize>,
 }
 
@@ -131,6 +133,7 @@ impl RuleIndex {
                 None => &mut index.any_host,
                 Some(HostPattern::Exact(name)) => index.exact.entry(name.clone()).or_default(),
                 Some(HostPattern::Wildcard(suffix)) => {
+                    index.longest_wildcard = index.longest_wildcard.max(suffix.len());
                     index.wildcard.entry(suffix.clone()).or_default()
                 }
             };
@@ -177,7 +180,7 @@ impl RouteTable {
         if let Some(host) = host {
             consider(index.exact.get(host));
             if !index.wildcard.is_empty() {
-                for suffix in wildcard_suffixes(host) {
+                for suffix in wildcard_suffixes(host, index.longest_wildcard) {
                     consider(index.wildcard.get(suffix));
                 }
             }
