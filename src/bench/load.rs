@@ -245,8 +245,9 @@ struct Due {
 }
 
 impl Due {
-    fn new(shared: &Shared, end: Instant) -> Due {
-        let timeout = Instant::now() + shared.options.timeout;
+    /// The due time of a request started at `now`.
+    fn new(shared: &Shared, end: Instant, now: Instant) -> Due {
+        let timeout = now + shared.options.timeout;
         Due {
             at: timeout.min(end),
             end_of_run: end <= timeout,
@@ -426,8 +427,13 @@ async fn connection_loop(
         .open_loop()
         .then(super::timer::PreciseTimer::new)
         .and_then(Result::ok);
-    while let Some(slot) = schedule.next(Instant::now()) {
-        if Instant::now() < slot.send_at {
+    loop {
+        // One clock read per request on a kept connection in closed loop.
+        let mut now = Instant::now();
+        let Some(slot) = schedule.next(now) else {
+            break;
+        };
+        if now < slot.send_at {
             let precise = match &timer {
                 Some(timer) => timer.sleep_until(slot.send_at).await.is_ok(),
                 None => false,
@@ -435,9 +441,9 @@ async fn connection_loop(
             if !precise {
                 tokio::time::sleep_until(slot.send_at).await;
             }
+            now = Instant::now();
         }
-        let before_open = Instant::now();
-        let due = Due::new(&shared, end);
+        let due = Due::new(&shared, end, now);
         let (mut conn, reused) = match kept.take() {
             Some(conn) => (conn, true),
             None => match open(&shared, &mut deadline, due).await {
@@ -454,8 +460,8 @@ async fn connection_loop(
         // Keep-alive in closed loop counts from the write, as wrk does: opening the
         // connection is not the request's time. A new connection per request counts the
         // connect and the handshake; open loop counts from the time the request was due.
-        let mut sent = if options.new_connection {
-            before_open
+        let mut sent = if reused || options.new_connection {
+            now
         } else {
             Instant::now()
         };
